@@ -1,0 +1,141 @@
+"""One accepted WebSocket on this instance, as the hub sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .errors import ProtocolError
+from .protocol import CloseCode, encode_event
+
+if TYPE_CHECKING:
+    from .accounts import User
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger(__name__)
+
+# A peer that does not answer our close frame within this time is cut off.
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+class Connection:
+    """An authenticated WebSocket and everything the hub tracks about it.
+
+    Outgoing frames are written straight to the socket's transport; the
+    transport's write buffer is the connection's outbound queue, drained by the
+    event loop whenever the socket is writable. It is bounded in bytes: a frame
+    that would take it past ``max_queued_bytes`` is not written and the
+    connection is closed with 4008 instead, so a client that stops reading
+    costs at most that much memory and never delays anyone else.
+
+    Args:
+        conn_id: unique id of this connection, sent to the client.
+        user: the authenticated account.
+        ip: the client address the admission limits count.
+        ws: the prepared aiohttp WebSocket.
+        max_queued_bytes: bound of the outbound queue.
+    """
+
+    __slots__ = (
+        "_close_task",
+        "_max_queued",
+        "_transport",
+        "_ws",
+        "channels",
+        "close_code",
+        "conn_id",
+        "ip",
+        "is_admin",
+        "user",
+        "username",
+    )
+
+    def __init__(
+        self,
+        conn_id: str,
+        user: User,
+        ip: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        max_queued_bytes: int,
+    ) -> None:
+        self.conn_id = conn_id
+        self.user = user
+        self.username = user.name
+        self.is_admin = user.is_admin
+        self.ip = ip
+        self.channels: set[str] = set()
+        self.close_code: int | None = None
+        self._ws = ws
+        self._transport = transport
+        self._max_queued = max_queued_bytes
+        self._close_task: asyncio.Task[None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def send(self, frame: bytes) -> bool:
+        """Queue an encoded frame; False if the connection cannot take it.
+
+        Never blocks. When the outbound queue would overflow, the frame is
+        dropped and the connection is marked for closing with 4008; the hub
+        sees :attr:`closing` and removes it.
+        """
+        if self.close_code is not None:
+            return False
+        transport = self._transport
+        if transport.get_write_buffer_size() + len(frame) > self._max_queued:
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound queue full")
+            return False
+        transport.write(frame)
+        return True
+
+    def send_event(self, event: dict[str, Any]) -> bool:
+        return self.send(encode_event(event))
+
+    def send_error(self, error: ProtocolError) -> bool:
+        event: dict[str, Any] = {
+            "type": "error",
+            "code": int(error.code),
+            "message": error.message,
+        }
+        if error.channel is not None:
+            event["channel"] = error.channel
+        if error.event_id is not None:
+            event["id"] = error.event_id
+        return self.send_event(event)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing with ``code``; idempotent, returns at once."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self._close_task = asyncio.get_running_loop().create_task(
+            self._close(code, reason), name=f"liminal-close-{self.conn_id}"
+        )
+
+    async def _close(self, code: int, reason: str) -> None:
+        # Close reasons must fit a control frame: 123 bytes of UTF-8.
+        message = reason.encode()[:123]
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self._ws.close(code=code, message=message)
+        except (TimeoutError, ConnectionError):
+            self._transport.abort()
+        except Exception:
+            logger.exception("closing connection failed", extra={"conn_id": self.conn_id})
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self._close_task is not None:
+            with contextlib.suppress(Exception):
+                await self._close_task
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.conn_id} user={self.username} ip={self.ip}>"

@@ -1,0 +1,162 @@
+"""The liminal application: state of one instance, its routes and its life cycle.
+
+REST and WebSocket are served by one aiohttp application on one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+
+from .accounts import Accounts, UserDirectory
+from .auth import TokenIssuer
+from .config import Settings, load_jwt_secret
+from .hub import Hub
+from .metrics import Metrics
+from .protocol import CloseCode
+
+__all__ = ["Server", "build_app", "run"]
+
+logger = logging.getLogger(__name__)
+
+SERVER_KEY: web.AppKey[Server] = web.AppKey("liminal_server")
+_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&]*", re.I)
+
+
+@dataclass
+class Server:
+    """Everything one instance holds, shared by its request handlers."""
+
+    settings: Settings
+    accounts: Accounts
+    tokens: TokenIssuer
+    metrics: Metrics
+    hub: Hub
+    users: UserDirectory = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.users = UserDirectory(self.accounts, self._on_users_removed)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Server:
+        """Build an instance's state; raises ConfigError on a bad setting."""
+        secret = load_jwt_secret(settings)
+        metrics = Metrics()
+        hub = Hub(
+            metrics,
+            max_connections=settings.max_connections,
+            max_connections_per_ip=settings.max_connections_per_ip,
+        )
+        return cls(
+            settings=settings,
+            accounts=Accounts(settings.database_path),
+            tokens=TokenIssuer(
+                secret, settings.jwt_algorithm, settings.token_ttl_seconds
+            ),
+            metrics=metrics,
+            hub=hub,
+        )
+
+    def _on_users_removed(self, names: set[str]) -> None:
+        for conn in self.hub.connections_of(names):
+            logger.info(
+                "closing connection of removed user",
+                extra={"conn_id": conn.conn_id, "user": conn.username},
+            )
+            self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, "user removed")
+
+    async def start(self) -> None:
+        await self.users.start()
+
+    async def stop(self) -> None:
+        closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await asyncio.gather(*(conn.wait_closed() for conn in closing))
+        await self.users.stop()
+        self.accounts.close()
+
+
+def redact_query(path_qs: str) -> str:
+    """Replace token values in a request path so it can be logged."""
+    return _TOKEN_IN_QUERY.sub(r"\1<redacted>", path_qs)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log lines without tokens from the query string."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.1fms',
+            request.remote,
+            request.method,
+            redact_query(request.path_qs),
+            response.status,
+            time * 1000,
+        )
+
+
+def build_app(server: Server) -> web.Application:
+    """Create the aiohttp application serving REST and WebSocket routes."""
+    from . import api, websocket
+
+    app = web.Application(middlewares=[api.error_middleware], client_max_size=1 << 20)
+    app[SERVER_KEY] = server
+    websocket.add_routes(app)
+    api.add_routes(app)
+
+    async def on_startup(app: web.Application) -> None:
+        await server.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await server.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on this platform; asyncio's loop works too
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(settings: Settings) -> None:
+    server = Server.from_settings(settings)
+    app = build_app(server)
+    runner = web.AppRunner(
+        app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=5
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    await site.start()
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        logger.info(
+            "listening on http://%s:%s",
+            f"[{host}]" if ":" in host else host,
+            port,
+            extra={"instance": settings.instance_id},
+        )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logger.info("shutting down", extra={"instance": settings.instance_id})
+    await runner.cleanup()
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    _install_uvloop()
+    asyncio.run(_serve(settings))

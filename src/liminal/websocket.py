@@ -1,0 +1,231 @@
+"""``GET /ws``: the life of one WebSocket connection.
+
+Accept the upgrade, authenticate, take a slot, then read events until the
+connection ends. Every refusal happens after the upgrade with a close code,
+because browsers cannot read an HTTP rejection of a WebSocket handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import WebSocketError, WSMsgType, web
+
+from .accounts import User
+from .auth import Claims
+from .connection import Connection
+from .errors import AuthError, ProtocolError
+from .protocol import ClientEvent, CloseCode, ErrorCode, encode_event, parse_event
+from .protocol import utc_timestamp
+from .server import SERVER_KEY, Server
+
+__all__ = ["add_routes", "bearer_token"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ws", websocket_endpoint)
+
+
+def bearer_token(request: web.Request, *, allow_query: bool = False) -> str | None:
+    """The token of ``Authorization: Bearer``, or of ``?token=`` if allowed."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if allow_query:
+        return request.query.get("token") or None
+    return None
+
+
+async def authenticate(server: Server, token: str | None) -> tuple[User, Claims]:
+    """Verify ``token`` and find its user.
+
+    Raises:
+        AuthError: 4001 or 4002 with a reason fit for the client.
+    """
+    if not token:
+        raise AuthError(CloseCode.INVALID_TOKEN, "missing token")
+    claims = server.tokens.verify(token)
+    user = await server.users.lookup(claims.subject)
+    if user is None:
+        raise AuthError(CloseCode.INVALID_TOKEN, "unknown user")
+    return user, claims
+
+
+async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    settings = server.settings
+    ws = web.WebSocketResponse(
+        # aiohttp refuses a message of max_msg_size bytes or more, from the
+        # frame header, before buffering its payload.
+        max_msg_size=settings.max_message_bytes + 1,
+        compress=False,
+        heartbeat=settings.heartbeat_seconds,
+    )
+    if not ws.can_prepare(request).ok:
+        return web.json_response(
+            {"detail": "this endpoint only speaks WebSocket; send an upgrade request"},
+            status=426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the client vanished during the handshake
+        return ws
+
+    try:
+        user, claims = await authenticate(server, bearer_token(request, allow_query=True))
+    except AuthError as exc:
+        return await _refuse(server, ws, exc.code, exc.reason)
+
+    conn = Connection(
+        uuid.uuid4().hex,
+        user,
+        request.remote or "unknown",
+        ws,
+        transport,
+        settings.max_queued_bytes,
+    )
+    refusal = server.hub.register(conn)
+    if refusal is not None:
+        reason = "server full" if refusal == CloseCode.SERVER_FULL else (
+            "too many connections from this address"
+        )
+        return await _refuse(server, ws, refusal, reason)
+
+    server.metrics.connections_accepted.inc()
+    logger.info(
+        "connection opened",
+        extra={"conn_id": conn.conn_id, "user": user.name, "ip": conn.ip},
+    )
+    expiry = asyncio.get_running_loop().call_at(
+        asyncio.get_running_loop().time() + claims.expires_at - time.time(),
+        server.hub.disconnect,
+        conn,
+        CloseCode.TOKEN_EXPIRED,
+        "token expired",
+    )
+    try:
+        conn.send_event(
+            {"type": "connection_established", "connection_id": conn.conn_id}
+        )
+        await _read_events(server, ws, conn)
+    except Exception:
+        logger.exception("connection failed", extra={"conn_id": conn.conn_id})
+        server.hub.disconnect(conn, CloseCode.INTERNAL_ERROR, "internal server error")
+    finally:
+        expiry.cancel()
+        server.hub.unregister(conn)
+        await conn.wait_closed()
+        code = conn.close_code
+        server.metrics.connections_closed.labels(
+            str(code) if code is not None else "peer"
+        ).inc()
+        logger.info(
+            "connection closed",
+            extra={
+                "conn_id": conn.conn_id,
+                "user": user.name,
+                "code": code if code is not None else ws.close_code,
+            },
+        )
+    return ws
+
+
+async def _refuse(
+    server: Server, ws: web.WebSocketResponse, code: int, reason: str
+) -> web.WebSocketResponse:
+    server.metrics.connections_refused.labels(str(code)).inc()
+    logger.info("connection refused", extra={"code": code, "reason": reason})
+    await ws.close(code=code, message=reason.encode())
+    return ws
+
+
+async def _read_events(
+    server: Server, ws: web.WebSocketResponse, conn: Connection
+) -> None:
+    """Handle client frames until the connection closes."""
+    while not conn.closing:
+        msg = await ws.receive()
+        received_at = time.perf_counter()
+        if msg.type is WSMsgType.TEXT:
+            _handle_text(server, conn, msg.data, received_at)
+        elif msg.type is WSMsgType.BINARY:
+            server.metrics.received("invalid")
+            _reject(
+                server,
+                conn,
+                ProtocolError(
+                    ErrorCode.MALFORMED,
+                    "binary frames are not supported; send JSON text frames",
+                ),
+            )
+        else:
+            # CLOSE, CLOSING, CLOSED or ERROR (aiohttp has already answered
+            # protocol errors such as 1009 for an oversized message).
+            if msg.type is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+                conn.close_code = msg.data.code
+            return
+
+
+def _handle_text(
+    server: Server, conn: Connection, text: str, received_at: float
+) -> None:
+    try:
+        event = parse_event(text)
+    except ProtocolError as exc:
+        server.metrics.received("invalid")
+        _reject(server, conn, exc)
+        return
+    server.metrics.received(event.type)
+    if event.type == "message":
+        _publish(server, conn, event, received_at)
+    elif event.type == "subscribe":
+        _subscribe(server, conn, event)
+    else:
+        _unsubscribe(server, conn, event)
+
+
+def _reject(server: Server, conn: Connection, error: ProtocolError) -> None:
+    server.metrics.events_rejected.labels(str(int(error.code))).inc()
+    conn.send_error(error)
+
+
+def _reply(conn: Connection, event: ClientEvent, kind: str) -> None:
+    reply: dict[str, Any] = {"type": kind, "channel": event.channel}
+    if event.id is not None:
+        reply["id"] = event.id
+    conn.send_event(reply)
+
+
+def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
+    server.hub.subscribe(conn, event.channel)
+    _reply(conn, event, "subscribe_success")
+
+
+def _unsubscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
+    server.hub.unsubscribe(conn, event.channel)
+    _reply(conn, event, "unsubscribe_success")
+
+
+def _publish(
+    server: Server, conn: Connection, event: ClientEvent, received_at: float
+) -> None:
+    frame = encode_event(
+        {
+            "type": "message",
+            "channel": event.channel,
+            "content": event.content,
+            "sender": conn.username,
+            "timestamp": utc_timestamp(),
+        }
+    )
+    server.hub.publish(event.channel, frame, received_at)
+    if event.id is not None:
+        _reply(conn, event, "publish_success")
