@@ -37,7 +37,9 @@ def _split_list(value: object) -> object:
 class Settings(BaseSettings):
     """All configuration of one liminal instance."""
 
-    model_config = SettingsConfigDict(env_prefix="LIMINAL_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIMINAL_", extra="ignore", env_ignore_empty=True
+    )
 
     # Listening socket.
     host: str = Field("127.0.0.1", description="address to listen on")
