@@ -10,6 +10,7 @@ import pytest
 from liminal.accounts import User
 from liminal.connection import Connection
 from liminal.hub import Hub
+from liminal.limits import ConnectionRates
 from liminal.metrics import Metrics
 from liminal.protocol import CloseCode
 
@@ -47,7 +48,10 @@ def make_conn(name: str, ip: str = "10.0.0.1", queued: int = 1000,
               buffered: int = 0) -> tuple[Connection, RecordingTransport, ClosingSocket]:
     transport = RecordingTransport(buffered)
     socket = ClosingSocket()
-    conn = Connection(name, User(name, (), ""), ip, socket, transport, queued)  # type: ignore[arg-type]
+    conn = Connection(
+        name, User(name, (), ""), ip, socket, transport, queued,  # type: ignore[arg-type]
+        ConnectionRates(100, 300),
+    )
     return conn, transport, socket
 
 

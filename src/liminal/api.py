@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any, Literal
 
 from aiohttp import web
@@ -164,11 +165,21 @@ class TokenView(LiminalView):
         if isinstance(credentials, web.StreamResponse):
             return credentials
         server = self.server
+        ip = server.client_ip(self.request)
+        wait = server.login_guard.retry_after(credentials.username, ip)
+        if wait > 0:
+            raise http_error(
+                web.HTTPTooManyRequests,
+                "too many failed logins; try again later",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         user = await server.users.authenticate(
             credentials.username, credentials.password
         )
         if user is None:
+            server.login_guard.failed(credentials.username, ip)
             raise unauthorized("wrong username or password")
+        server.login_guard.succeeded(credentials.username, ip)
         token = server.tokens.issue(user.name, list(user.roles))
         return web.json_response(
             TokenResponse(

@@ -40,6 +40,11 @@ class Metrics:
             "Subscriptions currently open (connection x channel)",
             registry=registry,
         )
+        self.connections_rate_limited = Gauge(
+            "liminal_connections_rate_limited",
+            "Open connections whose message budget is used up right now",
+            registry=registry,
+        )
         self.connections_accepted = Counter(
             "liminal_connections_accepted_total",
             "WebSocket connections accepted",
@@ -91,6 +96,9 @@ class Metrics:
         """Make the gauges read the hub's counts at scrape time."""
         self.connections_open.set_function(lambda: hub.connection_count)
         self.subscriptions_open.set_function(lambda: hub.subscription_count)
+        self.connections_rate_limited.set_function(
+            lambda: sum(1 for conn in hub.connections() if conn.rates.message.empty)
+        )
 
     def received(self, kind: str) -> None:
         self._received.get(kind, self._received["invalid"]).inc()

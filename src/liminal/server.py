@@ -19,6 +19,7 @@ from .accounts import Accounts, UserDirectory
 from .auth import TokenIssuer
 from .config import Settings, load_jwt_secret
 from .hub import Hub
+from .limits import LoginGuard, client_ip
 from .metrics import Metrics
 from .protocol import CloseCode
 
@@ -40,9 +41,22 @@ class Server:
     metrics: Metrics
     hub: Hub
     users: UserDirectory = field(init=False)
+    login_guard: LoginGuard = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = UserDirectory(self.accounts, self._on_users_removed)
+        self.login_guard = LoginGuard(
+            self.settings.login_max_failures, self.settings.login_window_seconds
+        )
+
+    def client_ip(self, request: web.BaseRequest) -> str:
+        """The client address the limits count (see :func:`limits.client_ip`)."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return client_ip(
+            peer[0] if peer else request.remote,
+            request.headers.getall("X-Forwarded-For", []),
+            self.settings.trusted_proxies,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Server:
