@@ -9,6 +9,7 @@ import pytest
 
 from liminal.accounts import User
 from liminal.connection import Connection
+from liminal.broker.memory import MemoryBroker
 from liminal.hub import Hub
 from liminal.limits import ConnectionRates
 from liminal.metrics import Metrics
@@ -88,10 +89,35 @@ def test_deliver_writes_the_same_bytes_to_every_subscriber() -> None:
     assert hub.deliver("elsewhere", b"frame") == 0
 
 
+class RecordingBroker(MemoryBroker):
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, bool]] = []
+        self.published: list[tuple[str, bytes]] = []
+
+    def channel_added(self, channel: str) -> None:
+        self.changes.append((channel, True))
+
+    def channel_removed(self, channel: str) -> None:
+        self.changes.append((channel, False))
+
+    def publish(self, channel: str, frame: bytes) -> None:
+        self.published.append((channel, frame))
+
+
+def test_publish_delivers_locally_and_hands_the_frame_to_the_broker() -> None:
+    broker = RecordingBroker()
+    hub = Hub(Metrics(), broker=broker, max_connections=10, max_connections_per_ip=10)
+    conn, transport, _ = make_conn("a")
+    hub.register(conn)
+    hub.subscribe(conn, "room")
+    assert hub.publish("room", b"frame", 0.0) == 1
+    assert transport.written == [b"frame"]
+    assert broker.published == [("room", b"frame")]
+
+
 def test_unsubscribe_and_unregister_forget_empty_channels() -> None:
-    hub = make_hub()
-    changes: list[tuple[str, bool]] = []
-    hub.on_channel_change = lambda channel, present: changes.append((channel, present))
+    broker = RecordingBroker()
+    hub = Hub(Metrics(), broker=broker, max_connections=10, max_connections_per_ip=10)
     a, _, _ = make_conn("a")
     b, _, _ = make_conn("b")
     hub.register(a)
@@ -102,7 +128,7 @@ def test_unsubscribe_and_unregister_forget_empty_channels() -> None:
     hub.unregister(b)
     assert hub.stats()["channel_subscriptions"] == {}
     assert hub.subscription_count == 0
-    assert changes == [("room", True), ("room", False)]
+    assert broker.changes == [("room", True), ("room", False)]
 
 
 async def test_full_queue_closes_only_that_subscriber_with_4008() -> None:

@@ -87,6 +87,27 @@ class Metrics:
                      0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.broker_up = Gauge(
+            "liminal_broker_up",
+            "1 while messages reach the other instances through the broker",
+            registry=registry,
+        )
+        self.broker_reconnects = Counter(
+            "liminal_broker_reconnects_total",
+            "Attempts to (re)build the broker's listening connection",
+            registry=registry,
+        )
+        self.broker_listener_restarts = Counter(
+            "liminal_broker_listener_restarts_total",
+            "Times a working broker listener died and was restarted",
+            registry=registry,
+        )
+        self.broker_dropped = Counter(
+            "liminal_broker_dropped_total",
+            "Messages not sent to other instances because the broker was down",
+            registry=registry,
+        )
+        self.broker_up.set(1)
         self._received = {
             kind: self.events_received.labels(kind)
             for kind in ("message", "subscribe", "unsubscribe", "invalid")

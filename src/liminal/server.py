@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from .accounts import Accounts, UserDirectory
+from .broker import open_broker
 from .auth import TokenIssuer
 from .config import Settings, load_jwt_secret
 from .hub import Hub
@@ -65,6 +66,7 @@ class Server:
         metrics = Metrics()
         hub = Hub(
             metrics,
+            broker=open_broker(settings, metrics),
             max_connections=settings.max_connections,
             max_connections_per_ip=settings.max_connections_per_ip,
         )
@@ -86,12 +88,18 @@ class Server:
             )
             self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, "user removed")
 
+    def _on_control(self, message: bytes) -> None:
+        """A control message from another instance (none are defined yet)."""
+        logger.debug("ignoring control message of %d bytes", len(message))
+
     async def start(self) -> None:
         await self.users.start()
+        await self.hub.broker.start(self.hub.deliver, self._on_control)
 
     async def stop(self) -> None:
         closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.wait_closed() for conn in closing))
+        await self.hub.broker.stop()
         await self.users.stop()
         self.accounts.close()
 

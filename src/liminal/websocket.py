@@ -157,7 +157,7 @@ async def _read_events(
         msg = await ws.receive()
         received_at = time.perf_counter()
         if msg.type is WSMsgType.TEXT:
-            _handle_text(server, conn, msg.data, received_at)
+            await _handle_text(server, conn, msg.data, received_at)
         elif msg.type is WSMsgType.BINARY:
             _handle_invalid(
                 server,
@@ -175,7 +175,7 @@ async def _read_events(
             return
 
 
-def _handle_text(
+async def _handle_text(
     server: Server, conn: Connection, text: str, received_at: float
 ) -> None:
     try:
@@ -190,7 +190,7 @@ def _handle_text(
     elif not _within_rate(server, conn, conn.rates.control, event):
         return
     elif event.type == "subscribe":
-        _subscribe(server, conn, event)
+        await _subscribe(server, conn, event)
     else:
         _unsubscribe(server, conn, event)
 
@@ -248,7 +248,7 @@ def _reply(conn: Connection, event: ClientEvent, kind: str) -> None:
     conn.send_event(reply)
 
 
-def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
+async def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
     limit = server.settings.max_subscriptions_per_connection
     if event.channel not in conn.channels and len(conn.channels) >= limit:
         _reject(
@@ -263,7 +263,11 @@ def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
         )
         return
     server.hub.subscribe(conn, event.channel)
-    _reply(conn, event, "subscribe_success")
+    # With Redis, answer once other instances' messages reach us too (or
+    # after a short wait while Redis is slow or down).
+    await server.hub.broker.subscribed(event.channel)
+    if event.channel in conn.channels:
+        _reply(conn, event, "subscribe_success")
 
 
 def _unsubscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
