@@ -57,6 +57,7 @@ class Connection:
         "rates",
         "user",
         "username",
+        "verdicts",
     )
 
     def __init__(
@@ -76,6 +77,9 @@ class Connection:
         self.ip = ip
         self.rates = rates
         self.channels: set[str] = set()
+        # Cached channel-policy verdicts: (channel, access) ->
+        # (graph generation, expiry, denial or None). Owned by the policy.
+        self.verdicts: dict[tuple[str, Any], tuple[int, float, Any]] = {}
         self.close_code: int | None = None
         self._ws = ws
         self._transport = transport

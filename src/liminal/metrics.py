@@ -87,6 +87,12 @@ class Metrics:
                      0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.channel_denials = Counter(
+            "liminal_channel_denials_total",
+            "Subscribe and publish attempts refused by the channel policy, by code",
+            ["code"],
+            registry=registry,
+        )
         self.broker_up = Gauge(
             "liminal_broker_up",
             "1 while messages reach the other instances through the broker",
