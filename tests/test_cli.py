@@ -13,9 +13,12 @@ from liminal.config import Settings
 
 def liminal(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIMINAL_DATA_DIR": str(data_dir)}
+    # A new session has no controlling terminal, so password prompts read the
+    # stdin given here even when the suite runs in an interactive terminal.
     return subprocess.run(
         [sys.executable, "-m", "liminal", *args],
         input=stdin, env=env, capture_output=True, text=True, timeout=60,
+        start_new_session=True,
     )
 
 

@@ -93,9 +93,12 @@ def test_openapi_document_and_docs_page(server: LiminalProcess) -> None:
     body = spec["paths"]["/token"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "application/x-www-form-urlencoded"}
     assert "TokenResponse" in spec["components"]["schemas"]
+    assert spec["paths"]["/debug/connections/stats"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/token"]["post"]
+    assert {"/metrics", "/ws"} <= set(spec["paths"])
     status, page, _ = server.request("GET", "/docs")
     assert status == 200
-    assert "swagger" in page.lower()
+    assert "swagger" in page.lower() and '"/openapi.json"' in page
 
 
 def test_unknown_path_gets_json_404(server: LiminalProcess) -> None:

@@ -152,3 +152,21 @@ async def test_secrets_never_appear_in_the_log(start_server: Any) -> None:
     for secret in (token, token.split(".")[2], SECRET, "wrong-password", "bob-pw-2",
                    "alice-pw-1", "$argon2", FORGED["wrong-secret"].split(".")[2]):
         assert secret not in log
+
+
+async def test_password_change_revokes_older_tokens_and_their_connections(
+    start_server: Any,
+) -> None:
+    server = start_server()
+    old_token = server.token("carol")
+    client = await connect(server, old_token)
+    await asyncio.sleep(1.1)  # revocation has whole-second resolution
+    env = {**os.environ, "LIMINAL_DATA_DIR": str(server.data_dir)}
+    subprocess.run(
+        [sys.executable, "-m", "liminal", "users", "passwd", "carol", "--password-stdin"],
+        input=b"new-carol-pw\n", env=env, check=True, capture_output=True,
+    )
+    assert await client.close_code(timeout=5) == 4001
+    assert await refused_code(server, old_token) == 4001
+    fresh = await connect(server, server.token("carol", "new-carol-pw"))
+    await fresh.close()

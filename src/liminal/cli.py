@@ -69,6 +69,10 @@ def serve(**overrides: Any) -> None:
         server.run(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
 
 
 data_dir_option = click.option(

@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     control_rate_per_minute: int = Field(
         300,
         gt=0,
-        description="subscribe/unsubscribe events per connection per minute "
-        "(4029 beyond)",
+        description="subscribe, unsubscribe and malformed events per connection "
+        "per minute (4029 beyond)",
     )
     max_subscriptions_per_connection: int = Field(
         100, gt=0, description="channels one connection may subscribe to (4030 beyond)"

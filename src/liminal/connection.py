@@ -42,6 +42,7 @@ class Connection:
         transport: the socket's transport, written to directly.
         max_queued_bytes: bound of the outbound queue.
         rates: the connection's rate limits.
+        issued_at: the ``iat`` of the token it authenticated with.
     """
 
     __slots__ = (
@@ -54,6 +55,7 @@ class Connection:
         "conn_id",
         "ip",
         "is_admin",
+        "issued_at",
         "rates",
         "user",
         "username",
@@ -69,6 +71,7 @@ class Connection:
         transport: asyncio.Transport,
         max_queued_bytes: int,
         rates: ConnectionRates,
+        issued_at: float = 0.0,
     ) -> None:
         self.conn_id = conn_id
         self.user = user
@@ -76,6 +79,7 @@ class Connection:
         self.is_admin = user.is_admin
         self.ip = ip
         self.rates = rates
+        self.issued_at = issued_at
         self.channels: set[str] = set()
         # Cached channel-policy verdicts: (channel, access) ->
         # (graph generation, expiry, denial or None). Owned by the policy.

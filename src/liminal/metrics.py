@@ -100,7 +100,7 @@ class Metrics:
         )
         self.broker_reconnects = Counter(
             "liminal_broker_reconnects_total",
-            "Attempts to (re)build the broker's listening connection",
+            "Attempts to rebuild the broker's listening connection after a failure",
             registry=registry,
         )
         self.broker_listener_restarts = Counter(

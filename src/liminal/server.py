@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
-from .accounts import Accounts, UserDirectory
+from .accounts import Accounts, User, UserDirectory
 from .broker import open_broker
 from .auth import TokenIssuer
 from .config import Settings, load_jwt_secret
@@ -45,7 +45,7 @@ class Server:
     login_guard: LoginGuard = field(init=False)
 
     def __post_init__(self) -> None:
-        self.users = UserDirectory(self.accounts, self._on_users_removed)
+        self.users = UserDirectory(self.accounts, self._on_users_changed)
         self.login_guard = LoginGuard(
             self.settings.login_max_failures, self.settings.login_window_seconds
         )
@@ -80,13 +80,19 @@ class Server:
             hub=hub,
         )
 
-    def _on_users_removed(self, names: set[str]) -> None:
-        for conn in self.hub.connections_of(names):
+    def _on_users_changed(self, changed: dict[str, User | None]) -> None:
+        """Close connections of removed users and of revoked tokens (4001)."""
+        for conn in self.hub.connections_of(set(changed)):
+            user = changed[conn.username]
+            if user is not None and conn.issued_at >= user.tokens_valid_after:
+                continue
+            reason = "user removed" if user is None else "token revoked: password changed"
             logger.info(
-                "closing connection of removed user",
+                "closing connection: %s",
+                reason,
                 extra={"conn_id": conn.conn_id, "user": conn.username},
             )
-            self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, "user removed")
+            self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, reason)
 
     def _on_control(self, message: bytes) -> None:
         """A control message from another instance (none are defined yet)."""

@@ -56,6 +56,8 @@ async def authenticate(server: Server, token: str | None) -> tuple[User, Claims]
     user = await server.users.lookup(claims.subject)
     if user is None:
         raise AuthError(CloseCode.INVALID_TOKEN, "unknown user")
+    if claims.issued_at < user.tokens_valid_after:
+        raise AuthError(CloseCode.INVALID_TOKEN, "token revoked: password changed")
     return user, claims
 
 
@@ -93,6 +95,7 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
         transport,
         settings.max_queued_bytes,
         ConnectionRates(settings.rate_limit_per_minute, settings.control_rate_per_minute),
+        claims.issued_at,
     )
     refusal = server.hub.register(conn)
     if refusal is not None:
