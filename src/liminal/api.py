@@ -21,7 +21,7 @@ from aiohttp_pydantic.oas.view import generate_oas
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
-from .accounts import User
+from .accounts import LoginBusy, User
 from .errors import AuthError
 from .metrics import CONTENT_TYPE
 from .server import SERVER_KEY, Server
@@ -80,6 +80,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every error into JSON ``{"detail": ...}``; never leak a traceback."""
     try:
         return await handler(request)
+    except ConnectionError:
+        raise  # the client went away; there is nobody to answer
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json" and (
             '"detail"' in (exc.text or "")
@@ -103,6 +105,14 @@ def unauthorized(detail: str) -> web.HTTPUnauthorized:
         text=json.dumps({"detail": detail}),
         content_type="application/json",
         headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def too_many_requests(detail: str, retry_after: float) -> web.HTTPException:
+    return http_error(
+        web.HTTPTooManyRequests,
+        detail,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 
 
@@ -166,18 +176,16 @@ class TokenView(LiminalView):
             return credentials
         server = self.server
         ip = server.client_ip(self.request)
-        wait = server.login_guard.retry_after(credentials.username, ip)
+        wait = server.login_guard.attempt(credentials.username, ip)
         if wait > 0:
-            raise http_error(
-                web.HTTPTooManyRequests,
-                "too many failed logins; try again later",
-                headers={"Retry-After": str(math.ceil(wait))},
+            raise too_many_requests("too many failed logins; try again later", wait)
+        try:
+            user = await server.users.authenticate(
+                credentials.username, credentials.password
             )
-        user = await server.users.authenticate(
-            credentials.username, credentials.password
-        )
+        except LoginBusy:
+            raise too_many_requests("too many logins in progress; retry shortly", 1)
         if user is None:
-            server.login_guard.failed(credentials.username, ip)
             raise unauthorized("wrong username or password")
         server.login_guard.succeeded(credentials.username, ip)
         token = server.tokens.issue(user.name, list(user.roles))
@@ -195,8 +203,14 @@ async def _read_credentials(request: web.Request) -> TokenRequest | web.StreamRe
             data: Any = {key: form.get(key) for key in ("username", "password")}
         else:
             data = await request.json()
-    except ValueError:
-        raise http_error(web.HTTPBadRequest, "body is not valid JSON") from None
+    except web.HTTPException:
+        raise  # e.g. 413 for a body over the size limit
+    except Exception:
+        # Invalid JSON, nesting past the recursion limit, an unknown charset,
+        # a broken Content-Encoding: all the client's doing.
+        raise http_error(
+            web.HTTPBadRequest, "unreadable body: send JSON or an OAuth2 form"
+        ) from None
     try:
         return TokenRequest.model_validate(data)
     except ValidationError as exc:

@@ -134,7 +134,7 @@ class ChannelPolicy:
         self, username: str, is_admin: bool, channel: str, access: Access
     ) -> Denial | None:
         store = self._store
-        if await store.get_node_type(channel) != "channel":
+        if await store.get_node("channel", channel) is None:
             return Denial(ErrorCode.CHANNEL_NOT_FOUND, f"no channel node {channel}")
         if is_admin:
             return None
@@ -161,8 +161,8 @@ class ChannelPolicy:
         node_type, node_id = match.groups()
         if is_admin or (node_type == "user" and node_id == username):
             return None
-        if self._feed_types and await self._store.get_node_type(node_id) == node_type and (
-            await self._store.has_relationship(username, node_id, self._feed_types)
+        if await self._store.has_relationship(username, node_id, self._feed_types) and (
+            await self._store.get_node(node_type, node_id) is not None
         ):
             return None
         types = " or ".join(self._feed_types) or "feed-read"
@@ -180,8 +180,10 @@ class ChannelPolicy:
         """
         nothing: tuple[set[str] | None, set[str] | None] = (set(), set())
         if change.kind == "relationship_deleted":
-            assert change.source is not None and change.target is not None
-            (source_type, source_id), (target_type, target_id) = change.source, change.target
+            assert change.relationship is not None
+            source, target = change.relationship.source, change.relationship.target
+            source_type, source_id = source.type, source.id
+            target_type, target_id = target.type, target.id
             feed = feed_channel(target_type, target_id)
             users = {source_id} if source_type == "user" else None
             if target_type == "channel" and self.graph_mode:
@@ -190,7 +192,8 @@ class ChannelPolicy:
                 return users, None
             return (users, {feed}) if users else nothing
         if change.kind == "node_deleted":
-            node_type, node_id = change.node_type, change.node_id
+            assert change.node is not None
+            node_type, node_id = change.node.type, change.node.id
             if node_type == "user":
                 return {node_id}, None
             if node_type == "channel" and self.graph_mode:

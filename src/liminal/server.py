@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -29,7 +29,6 @@ __all__ = ["Server", "build_app", "run"]
 logger = logging.getLogger(__name__)
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("liminal_server")
-_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&]*", re.I)
 
 
 @dataclass
@@ -110,20 +109,33 @@ class Server:
         self.accounts.close()
 
 
-def redact_query(path_qs: str) -> str:
-    """Replace token values in a request path so it can be logged."""
-    return _TOKEN_IN_QUERY.sub(r"\1<redacted>", path_qs)
+_SENSITIVE_PARAMETERS = {"token", "access_token", "password", "passwd", "secret"}
+
+
+def loggable_path(request: BaseRequest) -> str:
+    """The request's path and query, with secret parameters' values replaced.
+
+    Works on the decoded query, so ``%74oken=`` is caught like ``token=``.
+    """
+    url = request.rel_url
+    if not url.query:
+        return url.raw_path
+    query = [
+        (key, "<redacted>" if key.lower() in _SENSITIVE_PARAMETERS else value)
+        for key, value in url.query.items()
+    ]
+    return f"{url.raw_path}?{urlencode(query, safe='<>')}"
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Access log lines without tokens from the query string."""
+    """Access log lines without tokens or passwords from the query string."""
 
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,
             request.method,
-            redact_query(request.path_qs),
+            loggable_path(request),
             response.status,
             time * 1000,
         )

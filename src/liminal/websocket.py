@@ -77,7 +77,10 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
             status=426,
             headers={"Upgrade": "websocket", "Connection": "Upgrade"},
         )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:  # the client vanished during the handshake
+        return web.Response(status=499)
     transport = request.transport
     if transport is None:  # the client vanished during the handshake
         return ws
@@ -130,7 +133,7 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
         await conn.wait_closed()
         code = conn.close_code
         server.metrics.connections_closed.labels(
-            str(code) if code is not None else "peer"
+            "peer" if code in (None, CloseCode.ABNORMAL) else str(code)
         ).inc()
         logger.info(
             "connection closed",
@@ -158,6 +161,10 @@ async def _read_events(
     """Handle client frames until the connection closes."""
     while not conn.closing:
         msg = await ws.receive()
+        if conn.closing:
+            # Closed by the server while waiting (slow consumer, expiry,
+            # revocation): nothing more from this client is acted on.
+            return
         received_at = time.perf_counter()
         if msg.type is WSMsgType.TEXT:
             await _handle_text(server, conn, msg.data, received_at)
@@ -187,15 +194,34 @@ async def _handle_text(
         _handle_invalid(server, conn, exc)
         return
     server.metrics.received(event.type)
-    if event.type == "message":
-        if _within_rate(server, conn, conn.rates.message, event):
-            _publish(server, conn, event, received_at)
-    elif not _within_rate(server, conn, conn.rates.control, event):
-        return
-    elif event.type == "subscribe":
-        await _subscribe(server, conn, event)
-    else:
-        _unsubscribe(server, conn, event)
+    try:
+        if event.type == "message":
+            if _within_rate(server, conn, conn.rates.message, event):
+                _publish(server, conn, event, received_at)
+        elif not _within_rate(server, conn, conn.rates.control, event):
+            return
+        elif event.type == "subscribe":
+            await _subscribe(server, conn, event)
+        else:
+            _unsubscribe(server, conn, event)
+    except ProtocolError as exc:
+        _reject(server, conn, exc)
+    except Exception:
+        # Our fault, not the client's: answer 5001 and keep the connection.
+        logger.exception(
+            "handling an event failed",
+            extra={"conn_id": conn.conn_id, "channel": event.channel},
+        )
+        _reject(
+            server,
+            conn,
+            ProtocolError(
+                ErrorCode.INTERNAL,
+                "the server failed this request",
+                event_id=event.id,
+                channel=event.channel,
+            ),
+        )
 
 
 def _handle_invalid(server: Server, conn: Connection, error: ProtocolError) -> None:
@@ -281,15 +307,23 @@ def _unsubscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
 def _publish(
     server: Server, conn: Connection, event: ClientEvent, received_at: float
 ) -> None:
-    frame = encode_event(
-        {
-            "type": "message",
-            "channel": event.channel,
-            "content": event.content,
-            "sender": conn.username,
-            "timestamp": utc_timestamp(),
-        }
-    )
+    try:
+        frame = encode_event(
+            {
+                "type": "message",
+                "channel": event.channel,
+                "content": event.content,
+                "sender": conn.username,
+                "timestamp": utc_timestamp(),
+            }
+        )
+    except (RecursionError, ValueError, TypeError):
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            "content is nested too deeply",
+            event_id=event.id,
+            channel=event.channel,
+        ) from None
     server.hub.publish(event.channel, frame, received_at)
     if event.id is not None:
         _reply(conn, event, "publish_success")
