@@ -9,6 +9,7 @@ import asyncio
 import logging
 import re
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from .config import Settings, load_jwt_secret
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import CloseCode
+from .store import GraphChange, GraphStore, ensure_nodes_eventually, open_store
 
 __all__ = ["Server", "build_app", "run"]
 
@@ -39,7 +41,13 @@ class Server:
     tokens: TokenIssuer
     metrics: Metrics
     hub: Hub
+    store: GraphStore
+    # Awaited after every successful write through the graph API.
+    graph_listeners: list[Callable[[GraphChange], Awaitable[None]]] = field(
+        default_factory=list
+    )
     users: UserDirectory = field(init=False)
+    _user_nodes: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.users = UserDirectory(self.accounts, self._on_users_removed)
@@ -62,6 +70,7 @@ class Server:
             ),
             metrics=metrics,
             hub=hub,
+            store=open_store(settings),
         )
 
     def _on_users_removed(self, names: set[str]) -> None:
@@ -74,11 +83,22 @@ class Server:
 
     async def start(self) -> None:
         await self.users.start()
+        await self.store.start()
+        # Users made before the graph existed get their node too.
+        names = [user.name for user in await asyncio.to_thread(self.accounts.list)]
+        self._user_nodes = asyncio.create_task(
+            ensure_nodes_eventually(self.store, "user", names),
+            name="liminal-user-nodes",
+        )
 
     async def stop(self) -> None:
         closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.wait_closed() for conn in closing))
         await self.users.stop()
+        if self._user_nodes is not None:
+            self._user_nodes.cancel()
+            await asyncio.gather(self._user_nodes, return_exceptions=True)
+        await self.store.close()
         self.accounts.close()
 
 
@@ -103,12 +123,13 @@ class AccessLogger(AbstractAccessLogger):
 
 def build_app(server: Server) -> web.Application:
     """Create the aiohttp application serving REST and WebSocket routes."""
-    from . import api, websocket
+    from . import api, graph_api, websocket
 
     app = web.Application(middlewares=[api.error_middleware], client_max_size=1 << 20)
     app[SERVER_KEY] = server
     websocket.add_routes(app)
     api.add_routes(app)
+    graph_api.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         await server.start()
