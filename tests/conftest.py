@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from liminal.accounts import Accounts
+from servers import RedisServer
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 PASSWORDS = {
@@ -197,6 +198,31 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LiminalProcess]]:
+    """Like ``start_server``, but the servers live until the module's tests end."""
+    started: list[LiminalProcess] = []
+
+    def start(name: str = "liminal", **env: str) -> LiminalProcess:
+        proc = _start(tmp_path_factory.mktemp(name), name, env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def falkordb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One FalkorDB with its Bolt endpoint, shared by the whole session."""
+    bolt = RedisServer(tmp_path_factory.mktemp("falkordb"), bolt=True).start()
+    yield bolt
+    bolt.stop()
 
 
 class Client:
