@@ -121,8 +121,10 @@ class LiminalProcess:
         raw: bytes | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """One HTTP request; returns status, decoded JSON (or text) and headers."""
-        data = raw if raw is not None else (
-            json.dumps(body).encode() if body is not None else None
+        data = (
+            raw
+            if raw is not None
+            else (json.dumps(body).encode() if body is not None else None)
         )
         all_headers = {"Content-Type": "application/json"} if body is not None else {}
         all_headers.update(headers or {})
@@ -185,19 +187,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiminalProcess]
     proc.stop()
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    """Factory for servers with their own settings, stopped after the test."""
+def _server_factory(
+    directory: Callable[[str], Path],
+) -> Iterator[Callable[..., LiminalProcess]]:
+    """Yield a function that starts servers; stop them all when resumed."""
     started: list[LiminalProcess] = []
 
     def start(name: str = "liminal", **env: str) -> LiminalProcess:
-        proc = _start(tmp_path, name, env)
+        proc = _start(directory(name), name, env)
         started.append(proc)
         return proc
 
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """Factory for servers with their own settings, stopped after the test."""
+    yield from _server_factory(lambda name: tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -205,16 +214,7 @@ def start_module_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., LiminalProcess]]:
     """Like ``start_server``, but the servers live until the module's tests end."""
-    started: list[LiminalProcess] = []
-
-    def start(name: str = "liminal", **env: str) -> LiminalProcess:
-        proc = _start(tmp_path_factory.mktemp(name), name, env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
+    yield from _server_factory(tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="session")
@@ -233,7 +233,9 @@ class Client:
         self.connection_id = established["connection_id"]
 
     async def send(self, event: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send(event if isinstance(event, str | bytes) else json.dumps(event))
+        await self.ws.send(
+            event if isinstance(event, str | bytes) else json.dumps(event)
+        )
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
         return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
@@ -270,9 +272,7 @@ class Client:
         await self.ws.close()
 
 
-async def connect(
-    server: LiminalProcess, token: str, **kwargs: Any
-) -> Client:
+async def connect(server: LiminalProcess, token: str, **kwargs: Any) -> Client:
     """Open a WebSocket with ``token`` and read ``connection_established``."""
     ws = await websockets.connect(
         f"{server.ws_url}?token={token}", max_size=None, max_queue=None, **kwargs

@@ -118,6 +118,10 @@ After = Annotated[
 ]
 
 
+# What any write may answer besides its own codes (for the OpenAPI document).
+WriteErrors = r401[ErrorBody] | r403[ErrorBody] | r422[ErrorBody] | r503[ErrorBody]
+
+
 class NodeBody(BaseModel):
     """The properties a node gets; they replace any it had."""
 
@@ -278,15 +282,7 @@ class NodeView(GraphView):
 
     async def put(
         self, node_type: NodeType, node_id: Id, /, body: NodeBody
-    ) -> (
-        r200[NodeOut]
-        | r201[NodeOut]
-        | r401[ErrorBody]
-        | r403[ErrorBody]
-        | r409[ErrorBody]
-        | r422[ErrorBody]
-        | r503[ErrorBody]
-    ):
+    ) -> r200[NodeOut] | r201[NodeOut] | r409[ErrorBody] | WriteErrors:
         """Create a node, or replace the properties of an existing one.
 
         `created_at` is kept from creation; `updated_at` is set on every write.
@@ -312,14 +308,7 @@ class NodeView(GraphView):
 
     async def delete(
         self, node_type: NodeType, node_id: Id, /
-    ) -> (
-        r204
-        | r401[ErrorBody]
-        | r403[ErrorBody]
-        | r404[ErrorBody]
-        | r422[ErrorBody]
-        | r503[ErrorBody]
-    ):
+    ) -> r204 | r404[ErrorBody] | WriteErrors:
         """Delete a node and every relationship from or to it.
 
         Tags: graph
@@ -345,14 +334,7 @@ class NodeView(GraphView):
 class RelationshipsView(GraphView):
     async def post(
         self, body: RelationshipBody
-    ) -> (
-        r201[RelationshipCreated]
-        | r401[ErrorBody]
-        | r403[ErrorBody]
-        | r404[ErrorBody]
-        | r422[ErrorBody]
-        | r503[ErrorBody]
-    ):
+    ) -> r201[RelationshipCreated] | r404[ErrorBody] | WriteErrors:
         """Create a relationship between two existing nodes.
 
         Tags: graph
@@ -384,14 +366,7 @@ class RelationshipsView(GraphView):
 class RelationshipView(GraphView):
     async def delete(
         self, relationship_id: Id, /
-    ) -> (
-        r204
-        | r401[ErrorBody]
-        | r403[ErrorBody]
-        | r404[ErrorBody]
-        | r422[ErrorBody]
-        | r503[ErrorBody]
-    ):
+    ) -> r204 | r404[ErrorBody] | WriteErrors:
         """Delete a relationship by its id.
 
         Tags: graph
