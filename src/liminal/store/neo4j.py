@@ -190,8 +190,9 @@ class Neo4jStore(GraphStore):
                 await self._run(
                     f"CREATE INDEX FOR (n:{BASE_LABEL}) ON (n.id)", schema=True
                 )
-            except Neo4jError:
-                logger.debug("index on node ids exists already")
+            except Neo4jError as exc:
+                # Usually: it exists already. Lookups by id are slow without it.
+                logger.info("index on node ids not created: %s", exc.code)
         self._schema_ready = True
 
     async def _run(
