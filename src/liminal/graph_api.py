@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from aiohttp import web
 from aiohttp_pydantic.injectors import CONTEXT
@@ -119,7 +119,9 @@ After = Annotated[
 
 
 # What any write may answer besides its own codes (for the OpenAPI document).
-WriteErrors = r401[ErrorBody] | r403[ErrorBody] | r422[ErrorBody] | r503[ErrorBody]
+WriteErrors: TypeAlias = (
+    r401[ErrorBody] | r403[ErrorBody] | r422[ErrorBody] | r503[ErrorBody]
+)
 
 
 class NodeBody(BaseModel):

@@ -328,6 +328,9 @@ class GraphStore(abc.ABC):
         Returns:
             The relationships removed with it, or None if there was no node
             of that type with that id (nothing is deleted then).
+
+        Limit: all of the node's relationships are read and removed in one
+        go, so a node with millions of them makes one slow, large request.
         """
         return await self._delete_node(
             check_node_type(node_type), check_node_id(node_id)

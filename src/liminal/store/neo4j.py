@@ -10,7 +10,8 @@ right here); every value is a query parameter. Where FalkorDB differs from
 Neo4j, a one-line note says so at the query.
 
 FalkorDB: BEGIN/ROLLBACK are accepted but ignored, each query commits on its
-own; writes below that take two queries stay consistent if the second fails.
+own. So every write below is one query after reads, except an import, which
+writes type by type and can simply be run again.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ _RELATIONSHIP_FIELDS = """
     e.id AS target_id, labels(e) AS target_labels,
     properties(r) AS properties
 """
-# FalkorDB returns a self-loop once for an undirected pattern; DISTINCT makes
-# sure Neo4j does too.
+# DISTINCT keeps a self-loop, which matches the undirected pattern from both
+# of its ends, to one row on either server.
 _RELATIONSHIPS_OF_NODE = f"""
     MATCH (n:{BASE_LABEL} {{id: $id}})-[r]-(:{BASE_LABEL})
     WHERE r.id > $after
@@ -335,7 +336,10 @@ class Neo4jStore(GraphStore):
             return int(records[0]["created"]) if records else 0
 
         if not await self._execute(work, write=True):
-            raise MissingNode(relationship.source.id)
+            # An end was deleted since GraphStore checked both; say which.
+            ends = await self._node_types([relationship.source.id])
+            missing = relationship.target if ends else relationship.source
+            raise MissingNode(missing.id)
 
     async def _delete_relationship(self, relationship_id: str) -> Relationship | None:
         async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
