@@ -22,7 +22,7 @@ from .config import Settings, load_jwt_secret
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import CloseCode
-from .store import GraphChange, GraphStore, ensure_nodes_eventually, open_store
+from .store import GraphChange, GraphStore, ensure_nodes_soon, open_store
 
 __all__ = ["Server", "build_app", "run"]
 
@@ -86,10 +86,7 @@ class Server:
         await self.store.start()
         # Users made before the graph existed get their node too.
         names = [user.name for user in await asyncio.to_thread(self.accounts.list)]
-        self._user_nodes = asyncio.create_task(
-            ensure_nodes_eventually(self.store, "user", names),
-            name="liminal-user-nodes",
-        )
+        self._user_nodes = await ensure_nodes_soon(self.store, "user", names)
 
     async def stop(self) -> None:
         closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")

@@ -48,7 +48,7 @@ __all__ = [
     "check_properties",
     "check_relationship",
     "check_relationship_type",
-    "ensure_nodes_eventually",
+    "ensure_nodes_soon",
     "open_store",
 ]
 
@@ -529,36 +529,48 @@ def open_store(settings: Settings) -> GraphStore:
     return SqliteStore(settings.database_path)
 
 
-async def ensure_nodes_eventually(
+async def ensure_nodes_soon(
     store: GraphStore,
     node_type: str,
     node_ids: Iterable[str],
     *,
     retry_seconds: float = 5.0,
-) -> None:
-    """Create missing nodes, retrying while the store is unavailable.
+) -> asyncio.Task[None] | None:
+    """Create missing nodes now, or, while the store is unavailable, later.
 
-    The first failure is logged as a warning, later ones at DEBUG; the wait
-    between attempts doubles up to one minute.
+    Returns:
+        None if the nodes exist now; otherwise the background task that keeps
+        trying (waiting twice as long each time, up to a minute) until it
+        succeeds or is cancelled.
     """
     ids = list(node_ids)
-    delay = retry_seconds
-    warned = False
+    try:
+        await _ensure_and_log(store, node_type, ids)
+    except StoreError as exc:
+        logger.warning("cannot create %s nodes yet, will retry: %s", node_type, exc)
+    else:
+        return None
+    return asyncio.create_task(
+        _ensure_later(store, node_type, ids, retry_seconds),
+        name=f"liminal-{node_type}-nodes",
+    )
+
+
+async def _ensure_and_log(store: GraphStore, node_type: str, ids: list[str]) -> None:
+    created = await store.ensure_nodes(node_type, ids)
+    if created:
+        logger.info("created %d missing %s nodes", len(created), node_type)
+
+
+async def _ensure_later(
+    store: GraphStore, node_type: str, ids: list[str], delay: float
+) -> None:
     while True:
+        await asyncio.sleep(delay)
         try:
-            created = await store.ensure_nodes(node_type, ids)
+            await _ensure_and_log(store, node_type, ids)
         except StoreError as exc:
-            logger.log(
-                logging.DEBUG if warned else logging.WARNING,
-                "cannot create %s nodes yet, retrying in %.0fs: %s",
-                node_type,
-                delay,
-                exc,
-            )
-            warned = True
-            await asyncio.sleep(delay)
+            logger.debug("cannot create %s nodes yet: %s", node_type, exc)
             delay = min(delay * 2, 60.0)
-            continue
-        if created:
-            logger.info("created %d missing %s nodes", len(created), node_type)
-        return
+        else:
+            return
