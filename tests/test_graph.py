@@ -684,6 +684,25 @@ async def test_unreachable_bolt_server_is_503_and_recovers(
         bolt.stop()
 
 
+def test_server_starts_without_the_bolt_server_and_catches_up(
+    tmp_path: Path, start_server: Callable[..., LiminalProcess]
+) -> None:
+    bolt = RedisServer(tmp_path / "bolt", bolt=True)  # not started yet
+    try:
+        graph = Graph(start_server("late", LIMINAL_GRAPH_URL=bolt.bolt_url))
+        bolt.start()
+        # The user nodes the server could not create at start come by themselves.
+        deadline = time.monotonic() + 20
+        status = 0
+        while status != 200 and time.monotonic() < deadline:
+            status, body = graph.get("user", "carol")
+            time.sleep(0.2)
+        assert status == 200, body
+        assert graph.put("device", "late")[0] == 201
+    finally:
+        bolt.stop()
+
+
 def test_export_and_import_move_a_graph_between_stores(
     sqlite_server: LiminalProcess, neo4j_server: LiminalProcess, tmp_path: Path
 ) -> None:

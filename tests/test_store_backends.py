@@ -36,11 +36,18 @@ def uid(prefix: str) -> str:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def neo4j_store(falkordb: RedisServer) -> AsyncIterator[Neo4jStore]:
-    store = Neo4jStore(falkordb.bolt_url, None, None)
-    await store.start()
-    yield store
-    await store.close()
+async def neo4j_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Neo4jStore]:
+    # A database of its own: nothing left by other modules, nothing left behind.
+    bolt = RedisServer(tmp_path_factory.mktemp("bolt"), bolt=True).start()
+    store = Neo4jStore(bolt.bolt_url, None, None)
+    try:
+        await store.start()
+        yield store
+        await store.close()
+    finally:
+        bolt.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -534,7 +534,7 @@ async def ensure_nodes_soon(
     node_type: str,
     node_ids: Iterable[str],
     *,
-    retry_seconds: float = 5.0,
+    retry_seconds: float = 2.0,
 ) -> asyncio.Task[None] | None:
     """Create missing nodes now, or, while the store is unavailable, later.
 
