@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -23,6 +24,7 @@ from .hub import Hub
 from .limits import LoginGuard, client_ip
 from .metrics import Metrics
 from .protocol import CloseCode
+from .store import GraphChange, GraphStore, ensure_nodes_soon, open_store
 
 __all__ = ["Server", "build_app", "run"]
 
@@ -40,8 +42,14 @@ class Server:
     tokens: TokenIssuer
     metrics: Metrics
     hub: Hub
+    store: GraphStore
+    # Awaited after every successful write through the graph API.
+    graph_listeners: list[Callable[[GraphChange], Awaitable[None]]] = field(
+        default_factory=list
+    )
     users: UserDirectory = field(init=False)
     login_guard: LoginGuard = field(init=False)
+    _user_nodes: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.users = UserDirectory(self.accounts, self._on_users_changed)
@@ -77,6 +85,7 @@ class Server:
             ),
             metrics=metrics,
             hub=hub,
+            store=open_store(settings),
         )
 
     def _on_users_changed(self, changed: dict[str, User | None]) -> None:
@@ -100,12 +109,20 @@ class Server:
     async def start(self) -> None:
         await self.users.start()
         await self.hub.broker.start(self.hub.deliver, self._on_control)
+        await self.store.start()
+        # Users made before the graph existed get their node too.
+        names = [user.name for user in await asyncio.to_thread(self.accounts.list)]
+        self._user_nodes = await ensure_nodes_soon(self.store, "user", names)
 
     async def stop(self) -> None:
         closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.wait_closed() for conn in closing))
         await self.hub.broker.stop()
         await self.users.stop()
+        if self._user_nodes is not None:
+            self._user_nodes.cancel()
+            await asyncio.gather(self._user_nodes, return_exceptions=True)
+        await self.store.close()
         self.accounts.close()
 
 
@@ -143,12 +160,13 @@ class AccessLogger(AbstractAccessLogger):
 
 def build_app(server: Server) -> web.Application:
     """Create the aiohttp application serving REST and WebSocket routes."""
-    from . import api, websocket
+    from . import api, graph_api, websocket
 
     app = web.Application(middlewares=[api.error_middleware], client_max_size=1 << 20)
     app[SERVER_KEY] = server
     websocket.add_routes(app)
     api.add_routes(app)
+    graph_api.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         await server.start()
