@@ -83,6 +83,35 @@ async def test_has_relationship_follows_direction_and_types(store: GraphStore) -
     assert not await store.has_relationship(a, uid("ghost"), ["MEMBER_OF"])
 
 
+async def test_has_relationship_via_follows_one_hop_through_the_given_type(
+    store: GraphStore,
+) -> None:
+    user, group, other, channel = uid("u"), uid("g"), uid("o"), uid("c")
+    await store.put_node("user", user, {})
+    await store.put_node("group", group, {})
+    await store.put_node("team", other, {})
+    await store.put_node("channel", channel, {})
+    await store.create_relationship(user, group, "MEMBER_OF", {})
+    await store.create_relationship(user, other, "MEMBER_OF", {})
+    await store.create_relationship(other, channel, "CAN_READ", {})
+    assert not await store.has_relationship_via(
+        user, ["MEMBER_OF"], "group", channel, ["CAN_READ"]
+    )
+    await store.create_relationship(group, channel, "CAN_READ", {})
+    assert await store.has_relationship_via(
+        user, ["MEMBER_OF"], "group", channel, ["CAN_READ", "MEMBER_OF"]
+    )
+    assert not await store.has_relationship_via(
+        user, ["MEMBER_OF"], "group", channel, ["CAN_WRITE"]
+    )
+    assert not await store.has_relationship_via(
+        user, ["OWNS"], "group", channel, ["CAN_READ"]
+    )
+    assert not await store.has_relationship_via(
+        channel, ["MEMBER_OF"], "group", user, ["CAN_READ"]
+    )
+
+
 async def test_delete_relationship_returns_what_it_deleted(store: GraphStore) -> None:
     a, b = await two_nodes(store)
     created = await store.create_relationship(a, b, "OWNS", {"n": 1})

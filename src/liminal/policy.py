@@ -141,9 +141,10 @@ class ChannelPolicy:
         types = self._types[access]
         if await store.has_relationship(username, channel, types):
             return None
-        for group in await store.related_ids(username, (GROUP_MEMBERSHIP,), GROUP_TYPE):
-            if await store.has_relationship(group, channel, types):
-                return None
+        if await store.has_relationship_via(
+            username, (GROUP_MEMBERSHIP,), GROUP_TYPE, channel, types
+        ):
+            return None
         return Denial(
             ErrorCode.FORBIDDEN,
             f"no {' or '.join(types)} relationship from user {username} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
@@ -23,6 +24,8 @@ from .config import Settings, load_jwt_secret
 from .hub import Hub
 from .limits import LoginGuard, client_ip
 from .metrics import Metrics
+from .graph_events import change_from_message, change_message, feed_frames
+from .policy import ChannelPolicy
 from .protocol import CloseCode
 from .store import GraphChange, GraphStore, ensure_nodes_soon, open_store
 
@@ -49,6 +52,7 @@ class Server:
     )
     users: UserDirectory = field(init=False)
     login_guard: LoginGuard = field(init=False)
+    policy: ChannelPolicy = field(init=False)
     _user_nodes: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,9 @@ class Server:
         self.login_guard = LoginGuard(
             self.settings.login_max_failures, self.settings.login_window_seconds
         )
+        self.policy = ChannelPolicy(self.settings, self.store, self.metrics)
+        self.graph_listeners.append(self._on_graph_change)
+        self._background: set[asyncio.Task[None]] = set()
 
     def client_ip(self, request: web.BaseRequest) -> str:
         """The client address the limits count (see :func:`limits.client_ip`)."""
@@ -102,9 +109,43 @@ class Server:
             )
             self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, reason)
 
+    async def _on_graph_change(self, change: GraphChange) -> None:
+        """A write through this instance's graph API succeeded."""
+        received_at = time.perf_counter()
+        for channel, frame in feed_frames(change):
+            self.hub.publish(channel, frame, received_at)
+        self.hub.broker.publish_control(change_message(change))
+        await self.apply_graph_change(change)
+
+    async def apply_graph_change(self, change: GraphChange) -> None:
+        """Forget cached permissions and revoke subscriptions ``change`` ended."""
+        for conn, channel, denial in await self.policy.revoked(
+            self.hub.connections(), change
+        ):
+            if not self.hub.unsubscribe(conn, channel):
+                continue
+            logger.info(
+                "subscription revoked",
+                extra={"conn_id": conn.conn_id, "user": conn.username, "channel": channel},
+            )
+            conn.send_event(
+                {
+                    "type": "unsubscribed",
+                    "channel": channel,
+                    "code": int(denial.code),
+                    "reason": denial.message,
+                }
+            )
+
     def _on_control(self, message: bytes) -> None:
-        """A control message from another instance (none are defined yet)."""
-        logger.debug("ignoring control message of %d bytes", len(message))
+        """A control message from another instance."""
+        change = change_from_message(message)
+        if change is None:
+            logger.debug("ignoring control message of %d bytes", len(message))
+            return
+        task = asyncio.create_task(self.apply_graph_change(change))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start(self) -> None:
         await self.users.start()

@@ -20,6 +20,7 @@ from .auth import Claims
 from .connection import Connection
 from .errors import AuthError, ProtocolError
 from .limits import ConnectionRates, TokenBucket
+from .policy import Access
 from .protocol import ClientEvent, CloseCode, ErrorCode, encode_event, parse_event
 from .protocol import utc_timestamp
 from .server import SERVER_KEY, Server
@@ -197,6 +198,8 @@ async def _handle_text(
     try:
         if event.type == "message":
             if _within_rate(server, conn, conn.rates.message, event):
+                if server.policy.governs(event.channel):  # open mode skips the await
+                    await _authorize(server, conn, event, Access.WRITE)
                 _publish(server, conn, event, received_at)
         elif not _within_rate(server, conn, conn.rates.control, event):
             return
@@ -265,6 +268,17 @@ def _within_rate(
     return False
 
 
+async def _authorize(
+    server: Server, conn: Connection, event: ClientEvent, access: Access
+) -> None:
+    """Raise the channel policy's refusal of ``event``, if any."""
+    denial = await server.policy.check(conn, event.channel, access)
+    if denial is not None:
+        raise ProtocolError(
+            denial.code, denial.message, event_id=event.id, channel=event.channel
+        )
+
+
 def _reject(server: Server, conn: Connection, error: ProtocolError) -> None:
     server.metrics.events_rejected.labels(str(int(error.code))).inc()
     conn.send_error(error)
@@ -291,6 +305,7 @@ async def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> No
             ),
         )
         return
+    await _authorize(server, conn, event, Access.READ)
     server.hub.subscribe(conn, event.channel)
     # With Redis, answer once other instances' messages reach us too (or
     # after a short wait while Redis is slow or down).

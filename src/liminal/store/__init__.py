@@ -410,6 +410,31 @@ class GraphStore(abc.ABC):
             check_node_id(source_id), check_node_id(target_id), sorted(set(types))
         )
 
+    async def has_relationship_via(
+        self,
+        source_id: str,
+        via_types: Collection[str],
+        via_node_type: str,
+        target_id: str,
+        types: Collection[str],
+    ) -> bool:
+        """Whether source -[via type]-> (node of ``via_node_type``) -[type]-> target.
+
+        One level of indirection, e.g. a user who is a member of a group that
+        may read a channel.
+        """
+        if not via_types or not types:
+            return False
+        for relationship_type in (*via_types, *types):
+            check_relationship_type(relationship_type)
+        return await self._has_relationship_via(
+            check_node_id(source_id),
+            sorted(set(via_types)),
+            check_node_type(via_node_type),
+            check_node_id(target_id),
+            sorted(set(types)),
+        )
+
     async def export(self) -> AsyncIterator[Node | Relationship]:
         """Every node, then every relationship, each in id order, page by page.
 
@@ -493,6 +518,16 @@ class GraphStore(abc.ABC):
     @abc.abstractmethod
     async def _has_relationship(
         self, source_id: str, target_id: str, types: list[str]
+    ) -> bool: ...
+
+    @abc.abstractmethod
+    async def _has_relationship_via(
+        self,
+        source_id: str,
+        via_types: list[str],
+        via_node_type: str,
+        target_id: str,
+        types: list[str],
     ) -> bool: ...
 
     @abc.abstractmethod

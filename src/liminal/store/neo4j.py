@@ -377,6 +377,31 @@ class Neo4jStore(GraphStore):
         records = await self._execute(work, write=False)
         return bool(records and records[0]["found"])
 
+    async def _has_relationship_via(
+        self,
+        source_id: str,
+        via_types: list[str],
+        via_node_type: str,
+        target_id: str,
+        types: list[str],
+    ) -> bool:
+        async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
+            return await _records(
+                tx,
+                f"MATCH (:{BASE_LABEL} {{id: $source_id}})-[m]->"
+                f"(:{BASE_LABEL}:{_label(via_node_type)})-[r]->"
+                f"(:{BASE_LABEL} {{id: $target_id}})"
+                " WHERE type(m) IN $via_types AND type(r) IN $types"
+                " RETURN count(r) AS found",
+                source_id=source_id,
+                target_id=target_id,
+                via_types=via_types,
+                types=types,
+            )
+
+        records = await self._execute(work, write=False)
+        return bool(records and records[0]["found"])
+
     async def _nodes_page(self, offset: int, limit: int) -> list[Node]:
         async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
             # FalkorDB: a range scan of the id index ("n.id > $after") orders

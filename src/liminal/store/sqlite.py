@@ -272,6 +272,26 @@ class SqliteStore(GraphStore):
             )
         return bool(rows)
 
+    async def _has_relationship_via(
+        self,
+        source_id: str,
+        via_types: list[str],
+        via_node_type: str,
+        target_id: str,
+        types: list[str],
+    ) -> bool:
+        async with self._transaction(write=False) as db:
+            rows = await db.execute_fetchall(
+                "SELECT 1 FROM graph_relationships AS m"
+                " JOIN graph_nodes AS via ON via.id = m.target_id AND via.type = ?"
+                " JOIN graph_relationships AS r ON r.source_id = via.id"
+                " WHERE m.source_id = ? AND r.target_id = ?"
+                f" AND m.type IN ({_placeholders(len(via_types))})"
+                f" AND r.type IN ({_placeholders(len(types))}) LIMIT 1",
+                (via_node_type, source_id, target_id, *via_types, *types),
+            )
+        return bool(rows)
+
     async def _nodes_page(self, offset: int, limit: int) -> list[Node]:
         async with self._transaction(write=False) as db:
             rows = await db.execute_fetchall(
