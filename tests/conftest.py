@@ -105,6 +105,14 @@ class LiminalProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    def cli(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        """Run ``liminal ARGS`` on this server's data dir; fail if it fails."""
+        env = {**os.environ, "LIMINAL_DATA_DIR": str(self.data_dir)}
+        return subprocess.run(
+            [sys.executable, "-m", "liminal", *args],
+            input=stdin, env=env, check=True, capture_output=True, timeout=60,
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace")
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import socket
 import struct
-import subprocess
-import sys
 from typing import Any
 
 import websockets
@@ -128,10 +125,8 @@ async def test_removing_and_adding_a_user_again_does_not_revive_old_tokens(
     server = start_server()
     old_token = server.token("dave")
     await asyncio.sleep(1.1)  # revocation has whole-second resolution
-    env = {**os.environ, "LIMINAL_DATA_DIR": str(server.data_dir)}
-    for args, stdin in ((["remove", "dave"], b""), (["add", "dave", "--password-stdin"], b"new-pw\n")):
-        subprocess.run([sys.executable, "-m", "liminal", "users", *args],
-                       input=stdin, env=env, check=True, capture_output=True)
+    server.cli("users", "remove", "dave")
+    server.cli("users", "add", "dave", "--password-stdin", stdin=b"new-pw\n")
     assert await refused_code(server, old_token) == 4001
     fresh = await connect(server, server.token("dave", "new-pw"))
     await fresh.close()

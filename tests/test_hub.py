@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from liminal.accounts import User
-from liminal.connection import Connection
 from liminal.broker.memory import MemoryBroker
+from liminal.connection import Connection
 from liminal.hub import Hub
 from liminal.limits import ConnectionRates
 from liminal.metrics import Metrics

@@ -8,8 +8,15 @@ import struct
 import pytest
 
 from liminal.errors import ProtocolError
-from liminal.protocol import ClientEvent, dumps, encode_event, parse_event, text_frame
-from liminal.protocol import utc_timestamp, valid_channel
+from liminal.protocol import (
+    ClientEvent,
+    dumps,
+    encode_event,
+    parse_event,
+    text_frame,
+    utc_timestamp,
+    valid_channel,
+)
 
 
 def test_parse_message_event() -> None:

@@ -38,6 +38,8 @@ MAX_WAITING_LOGINS = 32
 
 class LoginBusy(LiminalError):
     """Too many logins are being checked already; the client should retry."""
+
+
 ADMIN_ROLE = "admin"
 
 _SCHEMA = """

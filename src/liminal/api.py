@@ -76,15 +76,19 @@ def _detail(exc: web.HTTPException) -> Any:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     """Turn every error into JSON ``{"detail": ...}``; never leak a traceback."""
     try:
         return await handler(request)
     except ConnectionError:
         raise  # the client went away; there is nobody to answer
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json" and (
-            '"detail"' in (exc.text or "")
+        if (
+            exc.status < 400
+            or exc.content_type == "application/json"
+            and ('"detail"' in (exc.text or ""))
         ):
             raise
         return web.json_response(
@@ -116,8 +120,12 @@ def too_many_requests(detail: str, retry_after: float) -> web.HTTPException:
     )
 
 
-def http_error(cls: type[web.HTTPException], detail: Any, **kwargs: Any) -> web.HTTPException:
-    return cls(text=json.dumps({"detail": detail}), content_type="application/json", **kwargs)
+def http_error(
+    cls: type[web.HTTPException], detail: Any, **kwargs: Any
+) -> web.HTTPException:
+    return cls(
+        text=json.dumps({"detail": detail}), content_type="application/json", **kwargs
+    )
 
 
 async def require_user(request: web.Request, *, admin: bool = False) -> User:
@@ -142,14 +150,19 @@ class LiminalView(PydanticView):
 
     @property
     def server(self) -> Server:
-        return self.request.app[SERVER_KEY]
+        server: Server = self.request.app[SERVER_KEY]
+        return server
 
     async def on_validation_error(
         self, exception: ValidationError, context: CONTEXT
     ) -> web.StreamResponse:
         errors = exception.errors(include_url=False, include_context=False)
         detail = [
-            {"loc": [context, *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            {
+                "loc": [context, *error["loc"]],
+                "msg": error["msg"],
+                "type": error["type"],
+            }
             for error in errors
         ]
         return web.json_response({"detail": detail}, status=422)
@@ -271,8 +284,12 @@ _WEBSOCKET_DOC = {
         "token, 4002 expired, 4005 server full, 4006 too many from this IP. "
         "Events and codes: see the README.",
         "parameters": [
-            {"name": "token", "in": "query", "required": False,
-             "schema": {"type": "string"}},
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+            },
         ],
         "responses": {
             "101": {"description": "switching to the WebSocket protocol"},

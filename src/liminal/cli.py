@@ -33,10 +33,9 @@ def _field_options(command: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 shown = ",".join(map(str, produced)) or "none"
         else:
-            shown = field.default
+            shown = field.default if field.default is not None else "unset"
         help_text = (
-            f"{field.description or ''} "
-            f"[env LIMINAL_{name.upper()}; default {shown if shown is not None else 'unset'}]"
+            f"{field.description or ''} [env LIMINAL_{name.upper()}; default {shown}]"
         )
         command = click.option(
             f"--{name.replace('_', '-')}", name, default=None, help=help_text
@@ -155,7 +154,9 @@ def users() -> None:
 @click.option("--admin", is_flag=True, help="give the user the admin role")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin")
 @data_dir_option
-def users_add(name: str, admin: bool, password_stdin: bool, data_dir: str | None) -> None:
+def users_add(
+    name: str, admin: bool, password_stdin: bool, data_dir: str | None
+) -> None:
     """Create user NAME (prompts twice for the password)."""
     accounts = _accounts(data_dir)
     try:

@@ -153,7 +153,9 @@ class Connection:
         except (TimeoutError, ConnectionError):
             self._transport.abort()
         except Exception:
-            logger.exception("closing connection failed", extra={"conn_id": self.conn_id})
+            logger.exception(
+                "closing connection failed", extra={"conn_id": self.conn_id}
+            )
             self._transport.abort()
 
     async def wait_closed(self) -> None:

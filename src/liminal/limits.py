@@ -66,7 +66,9 @@ class ConnectionRates:
     def __init__(self, messages_per_minute: int, control_per_minute: int) -> None:
         self.message = TokenBucket(messages_per_minute, messages_per_minute / 60)
         self.control = TokenBucket(control_per_minute, control_per_minute / 60)
-        self.strikes = TokenBucket(2 * messages_per_minute, 2 * messages_per_minute / 60)
+        self.strikes = TokenBucket(
+            2 * messages_per_minute, 2 * messages_per_minute / 60
+        )
 
 
 class LoginGuard:
@@ -153,13 +155,15 @@ def _normalize(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     return ip
 
 
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-             networks: Sequence[IPNetwork]) -> bool:
+def _trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence[IPNetwork]
+) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
-def client_ip(peer: str | None, forwarded_for: Sequence[str],
-              trusted_proxies: Sequence[IPNetwork]) -> str:
+def client_ip(
+    peer: str | None, forwarded_for: Sequence[str], trusted_proxies: Sequence[IPNetwork]
+) -> str:
     """The address the admission limits count for one request.
 
     The peer's address, unless the peer is a trusted proxy: then the

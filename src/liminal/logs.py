@@ -32,7 +32,9 @@ class ContextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = redact(super().format(record))
         context = " ".join(
-            f"{key}={getattr(record, key)}" for key in CONTEXT_KEYS if hasattr(record, key)
+            f"{key}={getattr(record, key)}"
+            for key in CONTEXT_KEYS
+            if hasattr(record, key)
         )
         if not context:
             return line

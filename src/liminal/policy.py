@@ -101,7 +101,9 @@ class ChannelPolicy:
         """Forget every cached verdict (the graph changed)."""
         self._generation += 1
 
-    async def check(self, conn: Connection, channel: str, access: Access) -> Denial | None:
+    async def check(
+        self, conn: Connection, channel: str, access: Access
+    ) -> Denial | None:
         """None if ``conn`` may do ``access`` on ``channel``, else why not."""
         if not self.governs(channel):
             return None
@@ -109,7 +111,8 @@ class ChannelPolicy:
         cached = conn.verdicts.get(key)
         now = time.monotonic()
         if cached is not None and cached[0] == self._generation and cached[1] > now:
-            return cached[2]
+            cached_verdict: Denial | None = cached[2]
+            return cached_verdict
         verdict = await self.decide(conn.username, conn.is_admin, channel, access)
         if len(conn.verdicts) >= MAX_CACHED_VERDICTS:
             conn.verdicts.clear()
@@ -127,8 +130,12 @@ class ChannelPolicy:
                 return await self._decide_feed(username, is_admin, channel, access)
             return await self._decide_channel(username, is_admin, channel, access)
         except StoreError as exc:
-            logger.warning("permission check failed: %s", exc, extra={"channel": channel})
-            return Denial(ErrorCode.INTERNAL, "permission check failed: graph store unavailable")
+            logger.warning(
+                "permission check failed: %s", exc, extra={"channel": channel}
+            )
+            return Denial(
+                ErrorCode.INTERNAL, "permission check failed: graph store unavailable"
+            )
 
     async def _decide_channel(
         self, username: str, is_admin: bool, channel: str, access: Access
@@ -155,10 +162,14 @@ class ChannelPolicy:
         self, username: str, is_admin: bool, channel: str, access: Access
     ) -> Denial | None:
         if access is Access.WRITE:
-            return Denial(ErrorCode.FORBIDDEN, "graph feeds are written by liminal only")
+            return Denial(
+                ErrorCode.FORBIDDEN, "graph feeds are written by liminal only"
+            )
         match = _FEED_PATTERN.fullmatch(channel)
         if match is None:
-            return Denial(ErrorCode.CHANNEL_NOT_FOUND, "a feed is graph:<node_type>:<node_id>")
+            return Denial(
+                ErrorCode.CHANNEL_NOT_FOUND, "a feed is graph:<node_type>:<node_id>"
+            )
         node_type, node_id = match.groups()
         if is_admin or (node_type == "user" and node_id == username):
             return None

@@ -98,7 +98,9 @@ def _parse_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError("number out of range")
-    if value == 0.0 and any(digit in "123456789" for digit in text.lower().partition("e")[0]):
+    if value == 0.0 and any(
+        digit in "123456789" for digit in text.lower().partition("e")[0]
+    ):
         raise ValueError("number too small for a double")
     return value
 
@@ -147,7 +149,9 @@ def parse_event(text: str) -> ClientEvent:
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and our own number checks;
         # RecursionError comes from thousands of nested arrays.
-        raise ProtocolError(ErrorCode.MALFORMED, f"not valid JSON: {_short(exc)}") from None
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"not valid JSON: {_short(exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "an event must be a JSON object")
 

@@ -18,13 +18,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from .accounts import Accounts, User, UserDirectory
-from .broker import open_broker
 from .auth import TokenIssuer
+from .broker import open_broker
 from .config import Settings, load_jwt_secret
+from .graph_events import change_from_message, change_message, feed_frames
 from .hub import Hub
 from .limits import LoginGuard, client_ip
 from .metrics import Metrics
-from .graph_events import change_from_message, change_message, feed_frames
 from .policy import ChannelPolicy
 from .protocol import CloseCode
 from .store import GraphChange, GraphStore, ensure_nodes_soon, open_store
@@ -66,7 +66,9 @@ class Server:
 
     def client_ip(self, request: web.BaseRequest) -> str:
         """The client address the limits count (see :func:`limits.client_ip`)."""
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer = (
+            request.transport.get_extra_info("peername") if request.transport else None
+        )
         return client_ip(
             peer[0] if peer else request.remote,
             request.headers.getall("X-Forwarded-For", []),
@@ -101,7 +103,9 @@ class Server:
             user = changed[conn.username]
             if user is not None and conn.issued_at >= user.tokens_valid_after:
                 continue
-            reason = "user removed" if user is None else "token revoked: password changed"
+            reason = (
+                "user removed" if user is None else "token revoked: password changed"
+            )
             logger.info(
                 "closing connection: %s",
                 reason,
@@ -126,7 +130,11 @@ class Server:
                 continue
             logger.info(
                 "subscription revoked",
-                extra={"conn_id": conn.conn_id, "user": conn.username, "channel": channel},
+                extra={
+                    "conn_id": conn.conn_id,
+                    "user": conn.username,
+                    "channel": channel,
+                },
             )
             conn.send_event(
                 {
@@ -188,7 +196,9 @@ def loggable_path(request: BaseRequest) -> str:
 class AccessLogger(AbstractAccessLogger):
     """Access log lines without tokens or passwords from the query string."""
 
-    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+    def log(
+        self, request: BaseRequest, response: web.StreamResponse, time: float
+    ) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,

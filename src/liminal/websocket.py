@@ -21,8 +21,14 @@ from .connection import Connection
 from .errors import AuthError, ProtocolError
 from .limits import ConnectionRates, TokenBucket
 from .policy import Access
-from .protocol import ClientEvent, CloseCode, ErrorCode, encode_event, parse_event
-from .protocol import utc_timestamp
+from .protocol import (
+    ClientEvent,
+    CloseCode,
+    ErrorCode,
+    encode_event,
+    parse_event,
+    utc_timestamp,
+)
 from .server import SERVER_KEY, Server
 
 __all__ = ["add_routes", "bearer_token"]
@@ -87,7 +93,9 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
         return ws
 
     try:
-        user, claims = await authenticate(server, bearer_token(request, allow_query=True))
+        user, claims = await authenticate(
+            server, bearer_token(request, allow_query=True)
+        )
     except AuthError as exc:
         return await _refuse(server, ws, exc.code, exc.reason)
 
@@ -98,13 +106,17 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
         ws,
         transport,
         settings.max_queued_bytes,
-        ConnectionRates(settings.rate_limit_per_minute, settings.control_rate_per_minute),
+        ConnectionRates(
+            settings.rate_limit_per_minute, settings.control_rate_per_minute
+        ),
         claims.issued_at,
     )
     refusal = server.hub.register(conn)
     if refusal is not None:
-        reason = "server full" if refusal == CloseCode.SERVER_FULL else (
-            "too many connections from this address"
+        reason = (
+            "server full"
+            if refusal == CloseCode.SERVER_FULL
+            else ("too many connections from this address")
         )
         return await _refuse(server, ws, refusal, reason)
 

@@ -100,7 +100,9 @@ class RedisBroker:
         self._tasks = [
             asyncio.create_task(self._supervise(), name="liminal-broker-listen"),
             asyncio.create_task(self._publish_loop(), name="liminal-broker-publish"),
-            asyncio.create_task(self._heartbeat_loop(), name="liminal-broker-heartbeat"),
+            asyncio.create_task(
+                self._heartbeat_loop(), name="liminal-broker-heartbeat"
+            ),
         ]
 
     async def stop(self) -> None:
@@ -237,7 +239,7 @@ class RedisBroker:
         kind = message["type"]
         name = message["channel"].decode()
         if kind == "subscribe" and name.startswith(self._channel_prefix):
-            channel = name[len(self._channel_prefix):]
+            channel = name[len(self._channel_prefix) :]
             self._confirmed.add(channel)
             for waiter in self._waiters.pop(channel, []):
                 if not waiter.done():
@@ -245,14 +247,15 @@ class RedisBroker:
             return False
         if kind != "message":
             return False
-        origin, _, payload = message["data"].partition(_SEPARATOR)
+        data: bytes = message["data"]
+        origin, _, payload = data.partition(_SEPARATOR)
         if origin + _SEPARATOR == self._origin:
             return payload == _HEARTBEAT
         if name == self._control_channel:
             if payload != _HEARTBEAT:
                 self._on_control(payload)
         elif name.startswith(self._channel_prefix):
-            self._deliver(name[len(self._channel_prefix):], payload)
+            self._deliver(name[len(self._channel_prefix) :], payload)
         return False
 
     async def _publish_loop(self) -> None:

@@ -329,7 +329,8 @@ async def _types_of(
     for start in range(0, len(node_ids), 900):
         chunk = node_ids[start : start + 900]
         rows = await db.execute_fetchall(
-            f"SELECT id, type FROM graph_nodes WHERE id IN ({_placeholders(len(chunk))})",
+            "SELECT id, type FROM graph_nodes"
+            f" WHERE id IN ({_placeholders(len(chunk))})",
             chunk,
         )
         types.update((row[0], row[1]) for row in rows)
