@@ -113,11 +113,19 @@ class ChannelPolicy:
         if cached is not None and cached[0] == self._generation and cached[1] > now:
             cached_verdict: Denial | None = cached[2]
             return cached_verdict
-        verdict = await self.decide(conn.username, conn.is_admin, channel, access)
-        if len(conn.verdicts) >= MAX_CACHED_VERDICTS:
-            conn.verdicts.clear()
-        conn.verdicts[key] = (self._generation, now + VERDICT_TTL_SECONDS, verdict)
-        if verdict is not None:
+        while True:
+            # A graph write during the reads makes their verdict stale: decide
+            # again, so a verdict is only ever kept for the graph it saw.
+            generation = self._generation
+            verdict = await self.decide(conn.username, conn.is_admin, channel, access)
+            if generation == self._generation:
+                break
+        if verdict is None or verdict.code != ErrorCode.INTERNAL:
+            # A failed check is not remembered: the next one asks the store.
+            if len(conn.verdicts) >= MAX_CACHED_VERDICTS:
+                conn.verdicts.clear()
+            conn.verdicts[key] = (generation, now + VERDICT_TTL_SECONDS, verdict)
+        if verdict is not None and verdict.code != ErrorCode.INTERNAL:
             self._metrics.channel_denials.labels(str(int(verdict.code))).inc()
         return verdict
 
@@ -146,6 +154,8 @@ class ChannelPolicy:
         if is_admin:
             return None
         types = self._types[access]
+        if not await self._is_user_node(username):
+            return Denial(ErrorCode.FORBIDDEN, f"no user node {username}")
         if await store.has_relationship(username, channel, types):
             return None
         if await store.has_relationship_via(
@@ -173,8 +183,10 @@ class ChannelPolicy:
         node_type, node_id = match.groups()
         if is_admin or (node_type == "user" and node_id == username):
             return None
-        if await self._store.has_relationship(username, node_id, self._feed_types) and (
-            await self._store.get_node(node_type, node_id) is not None
+        if (
+            await self._is_user_node(username)
+            and await self._store.get_node(node_type, node_id) is not None
+            and await self._store.has_relationship(username, node_id, self._feed_types)
         ):
             return None
         types = " or ".join(self._feed_types) or "feed-read"
@@ -183,7 +195,22 @@ class ChannelPolicy:
             f"no {types} relationship from user {username} to {node_type} {node_id}",
         )
 
+    async def _is_user_node(self, username: str) -> bool:
+        # Relationships grant access only from the user's own node: a node of
+        # another type that happens to carry the username as id grants nothing.
+        return await self._store.get_node("user", username) is not None
+
     # Revocation.
+
+    async def recheck_all(
+        self, connections: Iterable[Connection]
+    ) -> list[tuple[Connection, str, Denial]]:
+        """Every governed subscription that is no longer allowed.
+
+        For when graph changes may have been missed (the broker was down).
+        """
+        self.invalidate()
+        return await self._lost(connections, None, None)
 
     def affected(self, change: GraphChange) -> tuple[set[str] | None, set[str] | None]:
         """Which users and channels a removal may have cut off (None: any).
@@ -223,6 +250,14 @@ class ChannelPolicy:
         users, channels = self.affected(change)
         if users is not None and not users or channels is not None and not channels:
             return []
+        return await self._lost(connections, users, channels)
+
+    async def _lost(
+        self,
+        connections: Iterable[Connection],
+        users: set[str] | None,
+        channels: set[str] | None,
+    ) -> list[tuple[Connection, str, Denial]]:
         lost = []
         for conn in list(connections):
             if users is not None and conn.username not in users:
@@ -233,6 +268,7 @@ class ChannelPolicy:
                 if not self.governs(channel):
                     continue
                 denial = await self.check(conn, channel, Access.READ)
-                if denial is not None:
+                # A store outage revokes nothing: only a real "no" does.
+                if denial is not None and denial.code != ErrorCode.INTERNAL:
                     lost.append((conn, channel, denial))
         return lost

@@ -9,7 +9,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -121,11 +122,18 @@ class Server:
         self.hub.broker.publish_control(change_message(change))
         await self.apply_graph_change(change)
 
-    async def apply_graph_change(self, change: GraphChange) -> None:
-        """Forget cached permissions and revoke subscriptions ``change`` ended."""
-        for conn, channel, denial in await self.policy.revoked(
-            self.hub.connections(), change
-        ):
+    async def apply_graph_change(self, change: GraphChange | None) -> None:
+        """Forget cached permissions and revoke subscriptions ``change`` ended.
+
+        ``None`` stands for changes that may have been missed: every
+        subscription the policy governs is checked again.
+        """
+        connections = self.hub.connections()
+        if change is None:
+            lost = await self.policy.recheck_all(connections)
+        else:
+            lost = await self.policy.revoked(connections, change)
+        for conn, channel, denial in lost:
             if not self.hub.unsubscribe(conn, channel):
                 continue
             logger.info(
@@ -151,13 +159,22 @@ class Server:
         if change is None:
             logger.debug("ignoring control message of %d bytes", len(message))
             return
-        task = asyncio.create_task(self.apply_graph_change(change))
+        self._in_background(self.apply_graph_change(change))
+
+    def _on_broker_resumed(self) -> None:
+        # Graph changes made elsewhere during the outage were not heard.
+        self._in_background(self.apply_graph_change(None))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def start(self) -> None:
         await self.users.start()
-        await self.hub.broker.start(self.hub.deliver, self._on_control)
+        await self.hub.broker.start(
+            self.hub.deliver, self._on_control, self._on_broker_resumed
+        )
         await self.store.start()
         # Users made before the graph existed get their node too.
         names = [user.name for user in await asyncio.to_thread(self.accounts.list)]

@@ -31,8 +31,17 @@ class Broker(Protocol):
     def up(self) -> bool:
         """Whether messages currently reach the other instances."""
 
-    async def start(self, deliver: Deliver, on_control: ControlHandler) -> None:
-        """Begin carrying messages; ``deliver`` receives other instances' ones."""
+    async def start(
+        self,
+        deliver: Deliver,
+        on_control: ControlHandler,
+        on_resumed: Callable[[], object] = lambda: None,
+    ) -> None:
+        """Begin carrying messages; ``deliver`` receives other instances' ones.
+
+        ``on_resumed`` is called when the broker is back after an outage, in
+        which other instances' control messages may have been lost.
+        """
 
     async def stop(self) -> None:
         """Stop and release every connection."""

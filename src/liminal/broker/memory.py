@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import ControlHandler, Deliver
 
 __all__ = ["MemoryBroker"]
@@ -14,7 +16,12 @@ class MemoryBroker:
     def up(self) -> bool:
         return True
 
-    async def start(self, deliver: Deliver, on_control: ControlHandler) -> None:
+    async def start(
+        self,
+        deliver: Deliver,
+        on_control: ControlHandler,
+        on_resumed: Callable[[], object] = lambda: None,
+    ) -> None:
         return None
 
     async def stop(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -87,15 +88,22 @@ class RedisBroker:
         self._publisher: Redis | None = None
         self._deliver: Deliver = lambda channel, frame: None
         self._on_control: ControlHandler = lambda message: None
+        self._on_resumed: Callable[[], object] = lambda: None
         metrics.broker_up.set(0)
 
     @property
     def up(self) -> bool:
         return self._up
 
-    async def start(self, deliver: Deliver, on_control: ControlHandler) -> None:
+    async def start(
+        self,
+        deliver: Deliver,
+        on_control: ControlHandler,
+        on_resumed: Callable[[], object] = lambda: None,
+    ) -> None:
         self._deliver = deliver
         self._on_control = on_control
+        self._on_resumed = on_resumed
         self._publisher = self._client(socket_timeout=5)
         self._tasks = [
             asyncio.create_task(self._supervise(), name="liminal-broker-listen"),
@@ -292,6 +300,7 @@ class RedisBroker:
         self._metrics.broker_up.set(1)
         if self._warned:
             logger.info("broker reconnected to %s", self._safe_url)
+            self._on_resumed()
         else:
             logger.info("broker connected to %s", self._safe_url)
         self._warned = False
