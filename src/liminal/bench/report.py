@@ -40,6 +40,7 @@ def results_table(results: list[dict[str, Any]], title: str) -> Table:
         "KB/conn 1k",
         "KB/conn 10k",
         "server CPU %",
+        "server µs/delivery",
         "client CPU %",
     ):
         table.add_column(header, justify="right")
@@ -54,6 +55,7 @@ def results_table(results: list[dict[str, Any]], title: str) -> Table:
             _cell(row["kb_per_conn_1k"], ".1f"),
             _cell(row["kb_per_conn_10k"], ".1f"),
             _cell(row["server_cpu_pct"], ".0f"),
+            _cell(row.get("server_cpu_us_per_delivery"), ".2f"),
             _cell(row["client_cpu_pct"], ".0f"),
         )
     return table
@@ -79,10 +81,11 @@ def write_plot(path: Path, results: list[dict[str, Any]], title: str) -> None:
     _bars(left, positions, [r["deliveries_per_s"] for r in results], 0.6, 0.0, "")
     left.set_title("fan-out throughput (higher is better)")
     left.set_ylabel("deliveries per second")
+    left.yaxis.set_major_formatter(lambda value, _: f"{value / 1000:,.0f}k")
 
     _bars(middle, positions, [r["p50_ms"] for r in results], 0.38, -0.2, "p50")
     _bars(middle, positions, [r["p99_ms"] for r in results], 0.38, 0.2, "p99")
-    middle.set_title("latency at 50 msg/s to the subscribers (lower is better)")
+    middle.set_title("publish-to-receipt latency at 50 msg/s (lower is better)")
     middle.set_ylabel("milliseconds")
     middle.legend()
 
