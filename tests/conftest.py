@@ -168,8 +168,10 @@ class LiminalProcess:
             return str(resp.read().decode())
 
 
-def _start(tmp_path: Path, name: str, env: dict[str, str]) -> LiminalProcess:
-    data_dir = tmp_path / f"{name}-data"
+def _start(
+    tmp_path: Path, name: str, env: dict[str, str], data_dir: Path | None = None
+) -> LiminalProcess:
+    data_dir = data_dir or tmp_path / f"{name}-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     create_users(data_dir)
     full_env = {"LIMINAL_JWT_SECRET": SECRET, "LIMINAL_LOG_LEVEL": "INFO", **env}
@@ -189,8 +191,10 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     """Factory for servers with their own settings, stopped after the test."""
     started: list[LiminalProcess] = []
 
-    def start(name: str = "liminal", **env: str) -> LiminalProcess:
-        proc = _start(tmp_path, name, env)
+    def start(
+        name: str = "liminal", data_dir: Path | None = None, **env: str
+    ) -> LiminalProcess:
+        proc = _start(tmp_path, name, env, data_dir)
         started.append(proc)
         return proc
 

@@ -9,10 +9,12 @@ that were removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,9 +34,11 @@ CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
     roles TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    tokens_valid_after INTEGER NOT NULL DEFAULT 0
 )
 """
+_COLUMNS = "name, roles, created_at, tokens_valid_after"
 
 
 def valid_username(name: str) -> bool:
@@ -49,6 +53,9 @@ class User:
     name: str
     roles: tuple[str, ...]
     created_at: str
+    # Tokens issued before this time (whole seconds) are refused: set when
+    # the password changes.
+    tokens_valid_after: int = 0
 
     @property
     def is_admin(self) -> bool:
@@ -56,9 +63,15 @@ class User:
 
 
 def connect_database(path: Path) -> sqlite3.Connection:
-    """Open the embedded database in WAL mode, creating it if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open the embedded database in WAL mode, creating it if needed.
+
+    The data dir and the database (which holds password hashes) are made
+    readable by their owner only.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=10, check_same_thread=False)
+    with contextlib.suppress(OSError):
+        path.chmod(0o600)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA busy_timeout=10000")
     return db
@@ -76,6 +89,12 @@ class Accounts:
         self._lock = threading.Lock()
         with self._lock, self._db:
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(users)")}
+            if "tokens_valid_after" not in columns:  # data dirs from 0.1.0 betas
+                self._db.execute(
+                    "ALTER TABLE users ADD COLUMN tokens_valid_after "
+                    "INTEGER NOT NULL DEFAULT 0"
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -111,28 +130,32 @@ class Accounts:
         return cursor.rowcount > 0
 
     def set_password(self, name: str, password: str) -> bool:
-        """Replace a user's password; return False if there is no such user."""
+        """Replace a user's password and revoke the tokens issued before.
+
+        Returns False if there is no such user.
+        """
         if not password:
             raise ValueError("the password must not be empty")
         password_hash = hash_password(password)
         with self._lock, self._db:
             cursor = self._db.execute(
-                "UPDATE users SET password_hash = ? WHERE name = ?",
-                (password_hash, name),
+                "UPDATE users SET password_hash = ?, tokens_valid_after = ?"
+                " WHERE name = ?",
+                (password_hash, int(time.time()), name),
             )
         return cursor.rowcount > 0
 
     def get(self, name: str) -> User | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT name, roles, created_at FROM users WHERE name = ?", (name,)
+                f"SELECT {_COLUMNS} FROM users WHERE name = ?", (name,)
             ).fetchone()
         return _user(row) if row else None
 
     def list(self) -> list[User]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, roles, created_at FROM users ORDER BY name"
+                f"SELECT {_COLUMNS} FROM users ORDER BY name"
             ).fetchall()
         return [_user(row) for row in rows]
 
@@ -140,12 +163,12 @@ class Accounts:
         """Return the user if ``password`` is theirs; slow (argon2) either way."""
         with self._lock:
             row = self._db.execute(
-                "SELECT password_hash, roles, created_at FROM users WHERE name = ?",
+                f"SELECT password_hash, {_COLUMNS} FROM users WHERE name = ?",
                 (name,),
             ).fetchone()
         if not verify_password(row[0] if row else None, password) or row is None:
             return None
-        return _user((name, row[1], row[2]))
+        return _user(row[1:])
 
     def data_version(self) -> int:
         """A number that changes whenever another connection commits."""
@@ -153,9 +176,14 @@ class Accounts:
             return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
 
-def _user(row: tuple[str, str, str]) -> User:
-    name, roles, created_at = row
-    return User(name, tuple(role for role in roles.split(",") if role), created_at)
+def _user(row: tuple[str, str, str, int]) -> User:
+    name, roles, created_at, tokens_valid_after = row
+    return User(
+        name,
+        tuple(role for role in roles.split(",") if role),
+        created_at,
+        tokens_valid_after,
+    )
 
 
 def _now() -> str:
@@ -171,18 +199,19 @@ class UserDirectory:
 
     Args:
         accounts: the shared accounts table.
-        on_removed: called with the names of users that disappeared.
+        on_changed: called with every user that disappeared (None) or whose
+            tokens were revoked (the new record).
         poll_seconds: how often to look for changes from other processes.
     """
 
     def __init__(
         self,
         accounts: Accounts,
-        on_removed: Callable[[set[str]], None],
+        on_changed: Callable[[dict[str, User | None]], None],
         poll_seconds: float = 0.5,
     ) -> None:
         self._accounts = accounts
-        self._on_removed = on_removed
+        self._on_changed = on_changed
         self._poll_seconds = poll_seconds
         self._users: dict[str, User] = {}
         self._version = -1
@@ -209,7 +238,7 @@ class UserDirectory:
         return await asyncio.to_thread(self._accounts.authenticate, name, password)
 
     async def refresh(self) -> None:
-        """Reload now if the database changed; report removed users."""
+        """Reload now if the database changed; report removed or revoked users."""
         version = await asyncio.to_thread(self._accounts.data_version)
         if version != self._version:
             await self._reload(version)
@@ -222,10 +251,14 @@ class UserDirectory:
             else await asyncio.to_thread(self._accounts.data_version)
         )
         current = {user.name: user for user in users}
-        removed = set(self._users) - set(current)
+        changed: dict[str, User | None] = {}
+        for name, before in self._users.items():
+            after = current.get(name)
+            if after is None or after.tokens_valid_after > before.tokens_valid_after:
+                changed[name] = after
         self._users = current
-        if removed:
-            self._on_removed(removed)
+        if changed:
+            self._on_changed(changed)
 
     async def _watch(self) -> None:
         while True:

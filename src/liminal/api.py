@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiohttp_pydantic import PydanticView, oas
+from aiohttp_pydantic import PydanticView
 from aiohttp_pydantic.injectors import CONTEXT
 from aiohttp_pydantic.oas.typing import r200, r401, r403, r422, r429
 from aiohttp_pydantic.oas.view import generate_oas
@@ -164,11 +165,21 @@ class TokenView(LiminalView):
         if isinstance(credentials, web.StreamResponse):
             return credentials
         server = self.server
+        ip = server.client_ip(self.request)
+        wait = server.login_guard.retry_after(credentials.username, ip)
+        if wait > 0:
+            raise http_error(
+                web.HTTPTooManyRequests,
+                "too many failed logins; try again later",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         user = await server.users.authenticate(
             credentials.username, credentials.password
         )
         if user is None:
+            server.login_guard.failed(credentials.username, ip)
             raise unauthorized("wrong username or password")
+        server.login_guard.succeeded(credentials.username, ip)
         token = server.tokens.issue(user.name, list(user.roles))
         return web.json_response(
             TokenResponse(
@@ -224,9 +235,47 @@ class HealthView(LiminalView):
         )
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = request.app[SERVER_KEY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+class MetricsView(LiminalView):
+    async def get(self) -> r200[str]:
+        """Metrics of this instance in the Prometheus text format.
+
+        Tags: operations
+        """
+        body = self.server.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+# Routes that need no bearer token; every other documented route does.
+_PUBLIC = {"/token", "/healthz", "/metrics"}
+
+_WEBSOCKET_DOC = {
+    "get": {
+        "tags": ["realtime"],
+        "summary": "Open the WebSocket (upgrade required; plain GET gets 426)",
+        "description": "Authenticate with `?token=` or `Authorization: Bearer`. "
+        "Refusals arrive as WebSocket close codes after the upgrade: 4001 bad "
+        "token, 4002 expired, 4005 server full, 4006 too many from this IP. "
+        "Events and codes: see the README.",
+        "parameters": [
+            {"name": "token", "in": "query", "required": False,
+             "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "101": {"description": "switching to the WebSocket protocol"},
+            "426": {"description": "not a WebSocket upgrade request"},
+        },
+    }
+}
+
+# Swagger UI, loaded by the browser from a CDN, showing /openapi.json.
+_DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>liminal API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head><body><div id="swagger-ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""
 
 
 def openapi_document(app: web.Application) -> dict[str, Any]:
@@ -245,6 +294,11 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
         "scheme": "bearer",
         "bearerFormat": "JWT",
     }
+    for path, operations in spec["paths"].items():
+        if path not in _PUBLIC:
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+    spec["paths"]["/ws"] = _WEBSOCKET_DOC
     return spec
 
 
@@ -252,11 +306,14 @@ async def openapi_endpoint(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app))
 
 
+async def docs_endpoint(request: web.Request) -> web.Response:
+    return web.Response(text=_DOCS_PAGE, content_type="text/html")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_view("/token", TokenView)
     app.router.add_view("/debug/connections/stats", StatsView)
     app.router.add_view("/healthz", HealthView)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_view("/metrics", MetricsView)
     app.router.add_get("/openapi.json", openapi_endpoint)
-    # Swagger UI at /docs (its own copy of the document lives at /docs/spec).
-    oas.setup(app, url_prefix="/docs", title_spec="liminal", version_spec=__version__)
+    app.router.add_get("/docs", docs_endpoint)

@@ -49,6 +49,7 @@ class Claims:
 
     subject: str
     expires_at: float
+    issued_at: float
     token_id: str | None
 
 
@@ -130,5 +131,8 @@ class TokenIssuer:
             raise AuthError(CloseCode.TOKEN_EXPIRED, "token expired")
         token_id = payload.get("jti")
         return Claims(
-            subject, float(expires_at), token_id if isinstance(token_id, str) else None
+            subject,
+            float(expires_at),
+            float(payload.get("iat", 0)),
+            token_id if isinstance(token_id, str) else None,
         )

@@ -22,7 +22,11 @@ def _field_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one ``--flag`` per settings field, documented with its variable."""
     for name, field in reversed(list(Settings.model_fields.items())):
         if field.default_factory is not None:
-            shown: Any = "random" if name == "instance_id" else "none"
+            produced = field.default_factory()  # type: ignore[call-arg]
+            if name == "instance_id":
+                shown: Any = "random"
+            else:
+                shown = ",".join(map(str, produced)) or "none"
         else:
             shown = field.default
         help_text = (
@@ -69,6 +73,10 @@ def serve(**overrides: Any) -> None:
         server.run(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
 
 
 data_dir_option = click.option(

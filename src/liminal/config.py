@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import uuid
 from pathlib import Path
@@ -24,6 +25,8 @@ __all__ = ["Settings", "load_jwt_secret", "mask_url"]
 MIN_SECRET_BYTES = 32
 SECRET_FILE = "jwt-secret"
 
+_RELATIONSHIP_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -37,7 +40,9 @@ def _split_list(value: object) -> object:
 class Settings(BaseSettings):
     """All configuration of one liminal instance."""
 
-    model_config = SettingsConfigDict(env_prefix="LIMINAL_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LIMINAL_", extra="ignore", env_ignore_empty=True
+    )
 
     # Listening socket.
     host: str = Field("127.0.0.1", description="address to listen on")
@@ -92,8 +97,8 @@ class Settings(BaseSettings):
     control_rate_per_minute: int = Field(
         300,
         gt=0,
-        description="subscribe/unsubscribe events per connection per minute "
-        "(4029 beyond)",
+        description="subscribe, unsubscribe and malformed events per connection "
+        "per minute (4029 beyond)",
     )
     max_subscriptions_per_connection: int = Field(
         100, gt=0, description="channels one connection may subscribe to (4030 beyond)"
@@ -128,6 +133,42 @@ class Settings(BaseSettings):
     )
     graph_user: str | None = Field(None, description="Neo4j user name")
     graph_password: SecretStr | None = Field(None, description="Neo4j password")
+
+    # Channel policy.
+    channel_policy: Literal["open", "graph"] = Field(
+        "open",
+        description="open: every channel, every user; graph: relationships decide",
+    )
+    channel_read_relationships: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["MEMBER_OF", "CAN_READ"],
+        description="relationship types from a user to a channel that allow "
+        "subscribing (graph policy)",
+    )
+    channel_write_relationships: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["MEMBER_OF", "CAN_WRITE"],
+        description="relationship types from a user to a channel that allow "
+        "publishing (graph policy)",
+    )
+    feed_read_relationships: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["MEMBER_OF", "CAN_READ"],
+        description="relationship types from a user to a node that allow "
+        "subscribing to its graph:<type>:<id> change feed",
+    )
+
+    @field_validator(
+        "channel_read_relationships",
+        "channel_write_relationships",
+        "feed_read_relationships",
+        mode="before",
+    )
+    @classmethod
+    def _parse_relationship_types(cls, value: object) -> object:
+        items = _split_list(value)
+        if isinstance(items, list):
+            for item in items:
+                if not isinstance(item, str) or not _RELATIONSHIP_TYPE.fullmatch(item):
+                    raise ValueError(f"not a relationship type: {item!r}")
+        return items
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

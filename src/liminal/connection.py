@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .errors import ProtocolError
+from .limits import ConnectionRates
 from .protocol import CloseCode, encode_event
 
 if TYPE_CHECKING:
@@ -38,7 +39,10 @@ class Connection:
         user: the authenticated account.
         ip: the client address the admission limits count.
         ws: the prepared aiohttp WebSocket.
+        transport: the socket's transport, written to directly.
         max_queued_bytes: bound of the outbound queue.
+        rates: the connection's rate limits.
+        issued_at: the ``iat`` of the token it authenticated with.
     """
 
     __slots__ = (
@@ -51,8 +55,11 @@ class Connection:
         "conn_id",
         "ip",
         "is_admin",
+        "issued_at",
+        "rates",
         "user",
         "username",
+        "verdicts",
     )
 
     def __init__(
@@ -63,13 +70,20 @@ class Connection:
         ws: web.WebSocketResponse,
         transport: asyncio.Transport,
         max_queued_bytes: int,
+        rates: ConnectionRates,
+        issued_at: float = 0.0,
     ) -> None:
         self.conn_id = conn_id
         self.user = user
         self.username = user.name
         self.is_admin = user.is_admin
         self.ip = ip
+        self.rates = rates
+        self.issued_at = issued_at
         self.channels: set[str] = set()
+        # Cached channel-policy verdicts: (channel, access) ->
+        # (graph generation, expiry, denial or None). Owned by the policy.
+        self.verdicts: dict[tuple[str, Any], tuple[int, float, Any]] = {}
         self.close_code: int | None = None
         self._ws = ws
         self._transport = transport
@@ -109,6 +123,8 @@ class Connection:
             event["channel"] = error.channel
         if error.event_id is not None:
             event["id"] = error.event_id
+        if error.retry_after is not None:
+            event["retry_after"] = round(error.retry_after, 3)
         return self.send_event(event)
 
     def close(self, code: int, reason: str) -> None:

@@ -42,6 +42,7 @@ class ProtocolError(LiminalError):
         message: what was wrong, for the client.
         event_id: the ``id`` of the offending event, echoed when known.
         channel: the channel the event named, echoed when known.
+        retry_after: for 4029, seconds until the event would be accepted.
     """
 
     def __init__(
@@ -51,12 +52,14 @@ class ProtocolError(LiminalError):
         *,
         event_id: str | int | None = None,
         channel: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.event_id = event_id
         self.channel = channel
+        self.retry_after = retry_after
 
 
 class StoreError(LiminalError):

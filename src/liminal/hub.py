@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+from .broker import Broker
+from .broker.memory import MemoryBroker
 from .connection import Connection
 from .metrics import Metrics
 from .protocol import CloseCode
@@ -47,6 +49,8 @@ class Hub:
 
     Args:
         metrics: where counts and timings are recorded.
+        broker: carries published frames to other instances, and is told
+            which channels have local subscribers.
         max_connections: server-wide cap (4005 beyond).
         max_connections_per_ip: per-address cap (4006 beyond).
     """
@@ -55,19 +59,18 @@ class Hub:
         self,
         metrics: Metrics,
         *,
+        broker: Broker | None = None,
         max_connections: int,
         max_connections_per_ip: int,
     ) -> None:
         self.metrics = metrics
+        self.broker: Broker = broker or MemoryBroker()
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip
         self._connections: dict[str, Connection] = {}
         self._per_ip: Counter[str] = Counter()
         self._channels: dict[str, _Channel] = {}
         self._subscription_count = 0
-        # Called with a channel name when its first local subscriber arrives
-        # (True) or its last one leaves (False): the broker follows this.
-        self.on_channel_change: Callable[[str, bool], None] | None = None
         metrics.bind_hub(self)
 
     # Admission.
@@ -127,8 +130,7 @@ class Hub:
         entry = self._channels.get(channel)
         if entry is None:
             entry = self._channels[channel] = _Channel()
-            if self.on_channel_change is not None:
-                self.on_channel_change(channel, True)
+            self.broker.channel_added(channel)
         entry.members.add(conn)
         entry.snapshot = None
         conn.channels.add(channel)
@@ -147,8 +149,7 @@ class Hub:
         if not entry.members:
             # Empty channels are forgotten, so the map cannot grow with churn.
             del self._channels[channel]
-            if self.on_channel_change is not None:
-                self.on_channel_change(channel, False)
+            self.broker.channel_removed(channel)
         return True
 
     def local_channels(self) -> list[str]:
@@ -175,9 +176,14 @@ class Hub:
         return delivered
 
     def publish(self, channel: str, frame: bytes, received_at: float) -> int:
-        """Deliver a client's message locally and record its hand-off time."""
+        """Deliver a client's message here and through the broker elsewhere.
+
+        Local subscribers get the frame at once, whatever the broker's state;
+        the hand-off time to them is recorded.
+        """
         delivered = self.deliver(channel, frame)
         self.metrics.publish_seconds.observe(time.perf_counter() - received_at)
+        self.broker.publish(channel, frame)
         return delivered
 
     # Introspection.

@@ -40,6 +40,11 @@ class Metrics:
             "Subscriptions currently open (connection x channel)",
             registry=registry,
         )
+        self.connections_rate_limited = Gauge(
+            "liminal_connections_rate_limited",
+            "Open connections whose message budget is used up right now",
+            registry=registry,
+        )
         self.connections_accepted = Counter(
             "liminal_connections_accepted_total",
             "WebSocket connections accepted",
@@ -82,6 +87,33 @@ class Metrics:
                      0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.channel_denials = Counter(
+            "liminal_channel_denials_total",
+            "Subscribe and publish attempts refused by the channel policy, by code",
+            ["code"],
+            registry=registry,
+        )
+        self.broker_up = Gauge(
+            "liminal_broker_up",
+            "1 while messages reach the other instances through the broker",
+            registry=registry,
+        )
+        self.broker_reconnects = Counter(
+            "liminal_broker_reconnects_total",
+            "Attempts to rebuild the broker's listening connection after a failure",
+            registry=registry,
+        )
+        self.broker_listener_restarts = Counter(
+            "liminal_broker_listener_restarts_total",
+            "Times a working broker listener died and was restarted",
+            registry=registry,
+        )
+        self.broker_dropped = Counter(
+            "liminal_broker_dropped_total",
+            "Messages not sent to other instances because the broker was down",
+            registry=registry,
+        )
+        self.broker_up.set(1)
         self._received = {
             kind: self.events_received.labels(kind)
             for kind in ("message", "subscribe", "unsubscribe", "invalid")
@@ -91,6 +123,9 @@ class Metrics:
         """Make the gauges read the hub's counts at scrape time."""
         self.connections_open.set_function(lambda: hub.connection_count)
         self.subscriptions_open.set_function(lambda: hub.subscription_count)
+        self.connections_rate_limited.set_function(
+            lambda: sum(1 for conn in hub.connections() if conn.rates.message.empty)
+        )
 
     def received(self, kind: str) -> None:
         self._received.get(kind, self._received["invalid"]).inc()

@@ -15,10 +15,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
-from .accounts import Accounts, UserDirectory
+from .accounts import Accounts, User, UserDirectory
+from .broker import open_broker
 from .auth import TokenIssuer
 from .config import Settings, load_jwt_secret
 from .hub import Hub
+from .limits import LoginGuard, client_ip
 from .metrics import Metrics
 from .protocol import CloseCode
 
@@ -40,9 +42,22 @@ class Server:
     metrics: Metrics
     hub: Hub
     users: UserDirectory = field(init=False)
+    login_guard: LoginGuard = field(init=False)
 
     def __post_init__(self) -> None:
-        self.users = UserDirectory(self.accounts, self._on_users_removed)
+        self.users = UserDirectory(self.accounts, self._on_users_changed)
+        self.login_guard = LoginGuard(
+            self.settings.login_max_failures, self.settings.login_window_seconds
+        )
+
+    def client_ip(self, request: web.BaseRequest) -> str:
+        """The client address the limits count (see :func:`limits.client_ip`)."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return client_ip(
+            peer[0] if peer else request.remote,
+            request.headers.getall("X-Forwarded-For", []),
+            self.settings.trusted_proxies,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Server:
@@ -51,6 +66,7 @@ class Server:
         metrics = Metrics()
         hub = Hub(
             metrics,
+            broker=open_broker(settings, metrics),
             max_connections=settings.max_connections,
             max_connections_per_ip=settings.max_connections_per_ip,
         )
@@ -64,20 +80,32 @@ class Server:
             hub=hub,
         )
 
-    def _on_users_removed(self, names: set[str]) -> None:
-        for conn in self.hub.connections_of(names):
+    def _on_users_changed(self, changed: dict[str, User | None]) -> None:
+        """Close connections of removed users and of revoked tokens (4001)."""
+        for conn in self.hub.connections_of(set(changed)):
+            user = changed[conn.username]
+            if user is not None and conn.issued_at >= user.tokens_valid_after:
+                continue
+            reason = "user removed" if user is None else "token revoked: password changed"
             logger.info(
-                "closing connection of removed user",
+                "closing connection: %s",
+                reason,
                 extra={"conn_id": conn.conn_id, "user": conn.username},
             )
-            self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, "user removed")
+            self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, reason)
+
+    def _on_control(self, message: bytes) -> None:
+        """A control message from another instance (none are defined yet)."""
+        logger.debug("ignoring control message of %d bytes", len(message))
 
     async def start(self) -> None:
         await self.users.start()
+        await self.hub.broker.start(self.hub.deliver, self._on_control)
 
     async def stop(self) -> None:
         closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.wait_closed() for conn in closing))
+        await self.hub.broker.stop()
         await self.users.stop()
         self.accounts.close()
 

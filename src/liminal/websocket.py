@@ -19,6 +19,7 @@ from .accounts import User
 from .auth import Claims
 from .connection import Connection
 from .errors import AuthError, ProtocolError
+from .limits import ConnectionRates, TokenBucket
 from .protocol import ClientEvent, CloseCode, ErrorCode, encode_event, parse_event
 from .protocol import utc_timestamp
 from .server import SERVER_KEY, Server
@@ -55,6 +56,8 @@ async def authenticate(server: Server, token: str | None) -> tuple[User, Claims]
     user = await server.users.lookup(claims.subject)
     if user is None:
         raise AuthError(CloseCode.INVALID_TOKEN, "unknown user")
+    if claims.issued_at < user.tokens_valid_after:
+        raise AuthError(CloseCode.INVALID_TOKEN, "token revoked: password changed")
     return user, claims
 
 
@@ -87,10 +90,12 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
     conn = Connection(
         uuid.uuid4().hex,
         user,
-        request.remote or "unknown",
+        server.client_ip(request),
         ws,
         transport,
         settings.max_queued_bytes,
+        ConnectionRates(settings.rate_limit_per_minute, settings.control_rate_per_minute),
+        claims.issued_at,
     )
     refusal = server.hub.register(conn)
     if refusal is not None:
@@ -155,10 +160,9 @@ async def _read_events(
         msg = await ws.receive()
         received_at = time.perf_counter()
         if msg.type is WSMsgType.TEXT:
-            _handle_text(server, conn, msg.data, received_at)
+            await _handle_text(server, conn, msg.data, received_at)
         elif msg.type is WSMsgType.BINARY:
-            server.metrics.received("invalid")
-            _reject(
+            _handle_invalid(
                 server,
                 conn,
                 ProtocolError(
@@ -174,22 +178,65 @@ async def _read_events(
             return
 
 
-def _handle_text(
+async def _handle_text(
     server: Server, conn: Connection, text: str, received_at: float
 ) -> None:
     try:
         event = parse_event(text)
     except ProtocolError as exc:
-        server.metrics.received("invalid")
-        _reject(server, conn, exc)
+        _handle_invalid(server, conn, exc)
         return
     server.metrics.received(event.type)
     if event.type == "message":
-        _publish(server, conn, event, received_at)
+        if _within_rate(server, conn, conn.rates.message, event):
+            _publish(server, conn, event, received_at)
+    elif not _within_rate(server, conn, conn.rates.control, event):
+        return
     elif event.type == "subscribe":
-        _subscribe(server, conn, event)
+        await _subscribe(server, conn, event)
     else:
         _unsubscribe(server, conn, event)
+
+
+def _handle_invalid(server: Server, conn: Connection, error: ProtocolError) -> None:
+    # Malformed events cost control budget, so garbage cannot be flooded either.
+    server.metrics.received("invalid")
+    if _within_rate(server, conn, conn.rates.control, error):
+        _reject(server, conn, error)
+
+
+def _within_rate(
+    server: Server,
+    conn: Connection,
+    bucket: TokenBucket,
+    event: ClientEvent | ProtocolError,
+) -> bool:
+    """Take a token for ``event``; answer 4029, or close 1008 when flooding."""
+    wait = bucket.take()
+    if wait == 0.0:
+        return True
+    if conn.rates.strikes.take() > 0.0:
+        logger.warning(
+            "closing flooding connection",
+            extra={"conn_id": conn.conn_id, "user": conn.username},
+        )
+        server.hub.disconnect(
+            conn, CloseCode.POLICY_VIOLATION, "kept sending while rate limited"
+        )
+        return False
+    event_id = event.id if isinstance(event, ClientEvent) else event.event_id
+    _reject(
+        server,
+        conn,
+        ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            "rate limited: event dropped, retry after retry_after seconds",
+            event_id=event_id,
+            channel=event.channel,
+            retry_after=wait,
+        ),
+    )
+    return False
 
 
 def _reject(server: Server, conn: Connection, error: ProtocolError) -> None:
@@ -204,9 +251,26 @@ def _reply(conn: Connection, event: ClientEvent, kind: str) -> None:
     conn.send_event(reply)
 
 
-def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
+async def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
+    limit = server.settings.max_subscriptions_per_connection
+    if event.channel not in conn.channels and len(conn.channels) >= limit:
+        _reject(
+            server,
+            conn,
+            ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"subscription limit of {limit} channels per connection reached",
+                event_id=event.id,
+                channel=event.channel,
+            ),
+        )
+        return
     server.hub.subscribe(conn, event.channel)
-    _reply(conn, event, "subscribe_success")
+    # With Redis, answer once other instances' messages reach us too (or
+    # after a short wait while Redis is slow or down).
+    await server.hub.broker.subscribed(event.channel)
+    if event.channel in conn.channels:
+        _reply(conn, event, "subscribe_success")
 
 
 def _unsubscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
