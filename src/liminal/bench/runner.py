@@ -36,7 +36,7 @@ QUIET_BUSY_CORES = 0.25
 QUIET_SAMPLE_SECONDS = 0.5
 # A timed run during which other programs used more CPU than this (% of one
 # core) is taken again, up to Plan.noisy_retries times.
-NOISY_OTHER_PCT = 50.0
+NOISY_OTHER_PCT = 25.0
 # Sockets a process needs besides the measured connections.
 SPARE_FILES = 200
 
