@@ -10,19 +10,13 @@ Run: ``python benchmarks/aiohttp_ref.py --port 0``; it logs the port it bound.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-from datetime import UTC, datetime
 
 from aiohttp import WSMsgType, web
+from refcommon import message_json, serve
 
-SENDER = "bench"
 CHANNELS: web.AppKey[dict[str, set[web.WebSocketResponse]]] = web.AppKey("channels")
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _endpoint(request: web.Request) -> web.WebSocketResponse:
@@ -43,16 +37,7 @@ async def _endpoint(request: web.Request) -> web.WebSocketResponse:
                     json.dumps({"type": "subscribe_success", "channel": channel})
                 )
             elif event["type"] == "message":
-                text = json.dumps(
-                    {
-                        "type": "message",
-                        "channel": channel,
-                        "content": event["content"],
-                        "sender": SENDER,
-                        "timestamp": _timestamp(),
-                    },
-                    separators=(",", ":"),
-                )
+                text = message_json(channel, event["content"])
                 for member in tuple(channels.get(channel, ())):
                     if not member.closed:
                         await member.send_str(text)
@@ -78,22 +63,5 @@ async def _main(host: str, port: int) -> None:
         await runner.cleanup()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        pass
-    else:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        asyncio.run(_main(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    serve(__doc__.splitlines()[0], _main)

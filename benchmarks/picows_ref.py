@@ -9,10 +9,7 @@ Run: ``python benchmarks/picows_ref.py --port 0``; it logs the port it bound.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-from datetime import UTC, datetime
 
 from picows import (
     WSFrame,
@@ -22,12 +19,7 @@ from picows import (
     WSUpgradeRequest,
     ws_create_server,
 )
-
-SENDER = "bench"
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from refcommon import message_json, serve
 
 
 class _Member(WSListener):  # type: ignore[misc]
@@ -60,16 +52,7 @@ class _Member(WSListener):  # type: ignore[misc]
             reply = {"type": "subscribe_success", "channel": channel}
             transport.send(WSMsgType.TEXT, json.dumps(reply).encode())
         elif event["type"] == "message":
-            payload = json.dumps(
-                {
-                    "type": "message",
-                    "channel": channel,
-                    "content": event["content"],
-                    "sender": SENDER,
-                    "timestamp": _timestamp(),
-                },
-                separators=(",", ":"),
-            ).encode()
+            payload = message_json(channel, event["content"]).encode()
             for member in tuple(self.channels.get(channel, ())):
                 member.send(WSMsgType.TEXT, payload)
 
@@ -87,22 +70,5 @@ async def _main(host: str, port: int) -> None:
         await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        pass
-    else:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        asyncio.run(_main(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    serve(__doc__.splitlines()[0], _main)

@@ -277,10 +277,19 @@ class Bench:
         scenario["deadline_seconds"] = deadline = _deadline(scenario)
         return self.fleet.run_worker(scenario, core, timeout=deadline + 20)
 
-    def _quiet_worker(
-        self, summary: Summary, what: str, scenario: dict[str, Any], core: int | None
+    def _timed(
+        self,
+        summary: Summary,
+        server: Server,
+        kind: str,
+        seconds: tuple[float, float],
+        core: int | None,
     ) -> dict[str, Any]:
-        """Run a timed scenario again while other programs disturbed its window."""
+        """Run a timed scenario; again while other programs disturbed its window."""
+        warmup, measure = seconds
+        scenario = self._scenario(
+            server, kind, warmup_seconds=warmup, measure_seconds=measure
+        )
         for attempt in range(self.plan.noisy_retries + 1):
             result = self._worker(dict(scenario), core)
             other = result["other_cpu_pct"]
@@ -288,11 +297,11 @@ class Bench:
                 return result
             if attempt < self.plan.noisy_retries:
                 self.note(
-                    f"{summary.server} {what}: other programs used {other:.0f}% CPU "
+                    f"{summary.server} {kind}: other programs used {other:.0f}% CPU "
                     "meanwhile; measuring again"
                 )
         summary.notes.append(
-            f"a {what} run was kept although other programs used {other:.0f}% CPU"
+            f"a {kind} run was kept although other programs used {other:.0f}% CPU"
         )
         return result
 
@@ -311,45 +320,30 @@ class Bench:
         return ", ".join(f"{kb:.1f} KB/conn at {n}" for n, kb in per_conn.items())
 
     def _fanout(self, summary: Summary, server: Server) -> str:
-        warmup, measure = self.plan.fanout_seconds
-        result = self._quiet_worker(
-            summary,
-            "fan-out",
-            self._scenario(
-                server, "fanout", warmup_seconds=warmup, measure_seconds=measure
-            ),
-            self.client_core,
+        result = self._timed(
+            summary, server, "fanout", self.plan.fanout_seconds, self.client_core
         )
-        summary.deliveries.append(result["deliveries_per_s"])
-        summary.server_cpu.append(sum(result["server_cpu_pct"]))
+        rate, cpu = result["deliveries_per_s"], sum(result["server_cpu_pct"])
+        summary.deliveries.append(rate)
+        summary.server_cpu.append(cpu)
         # CPU time per delivery: less sensitive to other programs on the core.
-        summary.us_per_delivery.append(
-            sum(result["server_cpu_pct"]) * 1e4 / max(result["deliveries_per_s"], 1.0)
-        )
+        summary.us_per_delivery.append(cpu * 1e4 / max(rate, 1.0))
         summary.client_cpu.append(result["client_cpu_pct"])
         summary.other_cpu.append(result["other_cpu_pct"])
-        if sum(result["server_cpu_pct"]) < SATURATED_CPU_PCT:
+        if cpu < SATURATED_CPU_PCT:
             summary.notes.append(
-                f"fan-out run {len(summary.deliveries)}: server at "
-                f"{sum(result['server_cpu_pct']):.0f}% CPU, so the load client or "
-                "other programs held it back"
+                f"fan-out run {len(summary.deliveries)}: server at {cpu:.0f}% CPU, "
+                "so the load client or other programs held it back"
             )
         return (
-            f"{result['deliveries_per_s']:,.0f} deliveries/s "
-            f"(server CPU {sum(result['server_cpu_pct']):.0f}%, "
+            f"{rate:,.0f} deliveries/s (server CPU {cpu:.0f}%, "
             f"client {result['client_cpu_pct']:.0f}%, "
             f"rest of machine {result['other_cpu_pct']:.0f}%)"
         )
 
     def _latency(self, summary: Summary, server: Server) -> str:
-        warmup, measure = self.plan.latency_seconds
-        result = self._quiet_worker(
-            summary,
-            "latency",
-            self._scenario(
-                server, "latency", warmup_seconds=warmup, measure_seconds=measure
-            ),
-            self.client_core,
+        result = self._timed(
+            summary, server, "latency", self.plan.latency_seconds, self.client_core
         )
         summary.p50.append(result["p50_ms"])
         summary.p99.append(result["p99_ms"])
@@ -379,13 +373,11 @@ class Bench:
             server = self.fleet.start_liminal(
                 instance_cores, broker_url=f"redis://127.0.0.1:{redis.ports[0]}/0"
             )
+            # redis-server's CPU is part of the setup, not "other programs".
+            server.pids.append(redis.pids[0])
             try:
-                warmup, measure = self.plan.fanout_seconds
-                result = self._worker(
-                    self._scenario(
-                        server, "fanout", warmup_seconds=warmup, measure_seconds=measure
-                    ),
-                    client_core,
+                result = self._timed(
+                    summary, server, "fanout", self.plan.fanout_seconds, client_core
                 )
             finally:
                 self.fleet.stop_server(server)
@@ -403,9 +395,10 @@ class Bench:
             self.note(f"{label}: {text}")
             return
         summary.redis_two.append(result["deliveries_per_s"])
+        first, second, redis_cpu = result["server_cpu_pct"]
         self.note(
-            f"{label}: {result['deliveries_per_s']:,.0f} deliveries/s "
-            f"(server CPU {' + '.join(f'{v:.0f}%' for v in result['server_cpu_pct'])}, "
+            f"{label}: {result['deliveries_per_s']:,.0f} deliveries/s (CPU: "
+            f"instances {first:.0f}% + {second:.0f}%, redis {redis_cpu:.0f}%, "
             f"client {result['client_cpu_pct']:.0f}%)"
         )
 
