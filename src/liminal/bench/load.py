@@ -121,7 +121,7 @@ class Scenario:
     channel: str = "bench"
     subscribers: int = 1000
     content_bytes: int = 100
-    window: int = 16
+    window: int = 64
     warmup_seconds: float = 1.0
     measure_seconds: float = 3.0
     rate: float = 50.0
@@ -293,6 +293,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(frame)
 
     def close(self) -> None:
+        self.counting = False  # our own close is not a lost connection
         if self.transport is not None:
             self.transport.abort()
 
@@ -407,6 +408,8 @@ def _close_all(conns: list[_Connection]) -> None:
 
 
 def _problems(run: _Run) -> None:
+    if run.lost:
+        run.error(f"{run.lost} connections dropped by the server while measuring")
     if run.errors:
         raise LoadError("; ".join(run.errors))
 
