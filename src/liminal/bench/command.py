@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .runner import Bench, Plan
 
 __all__ = ["bench"]
 
@@ -118,7 +124,7 @@ def bench(
         Plan.quick(servers, broker) if quick else Plan(servers=servers, broker=broker)
     )
     if repeat is not None:
-        plan = Plan(**{**plan.__dict__, "repeat": repeat})
+        plan = dataclasses.replace(plan, repeat=repeat)
     # Off a terminal rich assumes 80 columns, too narrow for the table.
     console = Console(width=None if sys.stdout.isatty() else 150)
     open_files = raise_open_files_limit()
@@ -147,7 +153,7 @@ def bench(
 
 
 def _run(
-    console: Any, plan: Any, workdir: Path, refs_dir: Path, open_files: int
+    console: Console, plan: Plan, workdir: Path, refs_dir: Path, open_files: int
 ) -> list[dict[str, Any]]:
     """Run the plan under a progress bar; stop every child on any exit."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -186,7 +192,7 @@ def _run(
     return [summary.result() for summary in summaries]
 
 
-def _pinning(runner: Any) -> str:
+def _pinning(runner: Bench) -> str:
     if runner.client_core is None:
         return "[yellow]one core only: servers and load client are not pinned"
     return (
@@ -195,14 +201,14 @@ def _pinning(runner: Any) -> str:
     )
 
 
-def _title(plan: Any) -> str:
+def _title(plan: Plan) -> str:
     return (
         f"liminal bench: median of {plan.repeat} round(s), {plan.subscribers:,} "
         f"subscribers, {plan.content_bytes}-byte content, one core per server"
     )
 
 
-def _print_extras(console: Any, row: dict[str, Any]) -> None:
+def _print_extras(console: Console, row: dict[str, Any]) -> None:
     two = row.get("redis_two_instance_deliveries_per_s")
     one = row.get("deliveries_per_s")
     if two is not None:
