@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from liminal.accounts import Accounts
+from servers import RedisServer
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 PASSWORDS = {
@@ -104,6 +105,14 @@ class LiminalProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
+    def cli(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        """Run ``liminal ARGS`` on this server's data dir; fail if it fails."""
+        env = {**os.environ, "LIMINAL_DATA_DIR": str(self.data_dir)}
+        return subprocess.run(
+            [sys.executable, "-m", "liminal", *args],
+            input=stdin, env=env, check=True, capture_output=True, timeout=60,
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_bytes().decode(errors="replace")
 
@@ -120,8 +129,10 @@ class LiminalProcess:
         raw: bytes | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """One HTTP request; returns status, decoded JSON (or text) and headers."""
-        data = raw if raw is not None else (
-            json.dumps(body).encode() if body is not None else None
+        data = (
+            raw
+            if raw is not None
+            else (json.dumps(body).encode() if body is not None else None)
         )
         all_headers = {"Content-Type": "application/json"} if body is not None else {}
         all_headers.update(headers or {})
@@ -186,21 +197,44 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiminalProcess]
     proc.stop()
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Any]:
-    """Factory for servers with their own settings, stopped after the test."""
+def _server_factory(
+    directory: Callable[[str], Path],
+) -> Iterator[Callable[..., LiminalProcess]]:
+    """Yield a function that starts servers; stop them all when resumed."""
     started: list[LiminalProcess] = []
 
     def start(
         name: str = "liminal", data_dir: Path | None = None, **env: str
     ) -> LiminalProcess:
-        proc = _start(tmp_path, name, env, data_dir)
+        proc = _start(directory(name), name, env, data_dir)
         started.append(proc)
         return proc
 
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """Factory for servers with their own settings, stopped after the test."""
+    yield from _server_factory(lambda name: tmp_path)
+
+
+@pytest.fixture(scope="module")
+def start_module_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LiminalProcess]]:
+    """Like ``start_server``, but the servers live until the module's tests end."""
+    yield from _server_factory(tmp_path_factory.mktemp)
+
+
+@pytest.fixture(scope="session")
+def falkordb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One FalkorDB with its Bolt endpoint, shared by the whole session."""
+    bolt = RedisServer(tmp_path_factory.mktemp("falkordb"), bolt=True).start()
+    yield bolt
+    bolt.stop()
 
 
 class Client:
@@ -211,7 +245,9 @@ class Client:
         self.connection_id = established["connection_id"]
 
     async def send(self, event: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send(event if isinstance(event, str | bytes) else json.dumps(event))
+        await self.ws.send(
+            event if isinstance(event, str | bytes) else json.dumps(event)
+        )
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
         return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
@@ -248,9 +284,7 @@ class Client:
         await self.ws.close()
 
 
-async def connect(
-    server: LiminalProcess, token: str, **kwargs: Any
-) -> Client:
+async def connect(server: LiminalProcess, token: str, **kwargs: Any) -> Client:
     """Open a WebSocket with ``token`` and read ``connection_established``."""
     ws = await websockets.connect(
         f"{server.ws_url}?token={token}", max_size=None, max_queue=None, **kwargs

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from liminal.accounts import User
-from liminal.connection import Connection
 from liminal.broker.memory import MemoryBroker
+from liminal.connection import Connection
 from liminal.hub import Hub
 from liminal.limits import ConnectionRates
 from liminal.metrics import Metrics
@@ -26,6 +26,9 @@ class RecordingTransport:
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.aborted
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -171,3 +174,25 @@ async def test_disconnect_is_idempotent(code: CloseCode) -> None:
     await conn.wait_closed()
     assert socket.closed_with == code
     assert hub.subscription_count == 0 and hub.connection_count == 0
+
+
+def test_a_vanished_peer_is_skipped_and_removed_during_fan_out() -> None:
+    hub = make_hub()
+    gone, gone_transport, _ = make_conn("gone")
+    alive, alive_transport, _ = make_conn("alive")
+    for conn in (gone, alive):
+        hub.register(conn)
+        hub.subscribe(conn, "room")
+    gone_transport.aborted = True  # reset by the peer, read loop not done yet
+    assert hub.deliver("room", b"frame") == 1
+    assert alive_transport.written == [b"frame"] and gone_transport.written == []
+    assert hub.stats()["channel_subscriptions"] == {"room": 1}
+
+
+async def test_a_connection_removed_by_the_server_cannot_subscribe_again() -> None:
+    hub = make_hub()
+    conn, _, _ = make_conn("a")
+    hub.register(conn)
+    hub.disconnect(conn, CloseCode.SLOW_CONSUMER, "slow")
+    assert not hub.subscribe(conn, "late")
+    assert hub.stats()["channel_subscriptions"] == {} and hub.subscription_count == 0

@@ -53,17 +53,30 @@ def test_token_bucket_burst_then_refill(monkeypatch: pytest.MonkeyPatch) -> None
 def test_login_guard_locks_a_pair_and_forgets_it(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0.0]
     monkeypatch.setattr("liminal.limits.time.monotonic", lambda: now[0])
-    guard = LoginGuard(max_failures=3, window_seconds=60, max_keys=2)
+    guard = LoginGuard(max_failures=3, window_seconds=60, max_keys=4)
     for _ in range(3):
-        assert guard.retry_after("a", "ip") == 0.0
-        guard.failed("a", "ip")
+        assert guard.attempt("a", "ip") == 0.0  # each one fails
         now[0] += 1
-    assert guard.retry_after("a", "ip") == pytest.approx(57)
-    assert guard.retry_after("a", "other-ip") == 0.0
-    assert guard.retry_after("b", "ip") == 0.0
+    assert guard.attempt("a", "ip") == pytest.approx(57)
+    assert guard.attempt("a", "other-ip") == 0.0
+    assert guard.attempt("b", "ip") == 0.0
+    guard.succeeded("b", "ip")
     now[0] += 57
-    assert guard.retry_after("a", "ip") == 0.0
-    guard.failed("x", "1")
-    guard.failed("y", "1")
-    guard.failed("z", "1")
-    assert len(guard._failures) == 2  # bounded
+    assert guard.attempt("a", "ip") == 0.0
+    for name in "xyz":
+        guard.attempt(name, "1")
+    assert len(guard._failures) == 4  # bounded
+
+
+def test_login_guard_stops_a_spray_over_many_usernames() -> None:
+    guard = LoginGuard(max_failures=5, window_seconds=60, max_failures_per_ip=10)
+    results = [guard.attempt(f"user-{n}", "ip") for n in range(12)]
+    assert results[:10] == [0.0] * 10
+    assert all(wait > 0 for wait in results[10:])
+    assert guard.attempt("user-0", "other-ip") == 0.0
+
+
+def test_login_guard_counts_simultaneous_attempts() -> None:
+    guard = LoginGuard(max_failures=5, window_seconds=60)
+    admitted = [guard.attempt("carol", "ip") == 0.0 for _ in range(40)]
+    assert admitted.count(True) == 5

@@ -8,8 +8,15 @@ import struct
 import pytest
 
 from liminal.errors import ProtocolError
-from liminal.protocol import ClientEvent, dumps, encode_event, parse_event, text_frame
-from liminal.protocol import utc_timestamp, valid_channel
+from liminal.protocol import (
+    ClientEvent,
+    dumps,
+    encode_event,
+    parse_event,
+    text_frame,
+    utc_timestamp,
+    valid_channel,
+)
 
 
 def test_parse_message_event() -> None:
@@ -88,3 +95,22 @@ def test_encode_event_is_a_frame_of_compact_json() -> None:
 def test_timestamp_is_utc_with_z() -> None:
     stamp = utc_timestamp()
     assert stamp.endswith("Z") and "T" in stamp and len(stamp) == 24
+
+
+@pytest.mark.parametrize(
+    ("content", "ok"),
+    [("-" + "9" * 100, True), ("-" + "9" * 101, False), ("1e-400", False),
+     ("0.0", True), ("0e5", True), ("1E-400", False)],
+)
+def test_number_edges(content: str, ok: bool) -> None:
+    text = '{"type":"message","channel":"c","content":' + content + "}"
+    if ok:
+        assert parse_event(text).content == json.loads(content)
+    else:
+        with pytest.raises(ProtocolError):
+            parse_event(text)
+
+
+@pytest.mark.parametrize("event_id", [-(2**63), 2**63 - 1])
+def test_ids_span_the_signed_64_bit_range(event_id: int) -> None:
+    assert parse_event(f'{{"type":"subscribe","channel":"c","id":{event_id}}}').id == event_id

@@ -8,8 +8,6 @@ import hashlib
 import hmac
 import json
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -126,11 +124,7 @@ async def test_removed_user_is_disconnected_with_4001_and_token_refused(
     server = start_server()
     token = server.token("dave")
     client = await connect(server, token)
-    env = {**os.environ, "LIMINAL_DATA_DIR": str(server.data_dir)}
-    subprocess.run(
-        [sys.executable, "-m", "liminal", "users", "remove", "dave"],
-        env=env, check=True, capture_output=True,
-    )
+    server.cli("users", "remove", "dave")
     assert await client.close_code(timeout=5) == 4001
     assert await refused_code(server, token) == 4001
     status, _, _ = server.request("GET", "/debug/connections/stats", token=token)
@@ -161,11 +155,7 @@ async def test_password_change_revokes_older_tokens_and_their_connections(
     old_token = server.token("carol")
     client = await connect(server, old_token)
     await asyncio.sleep(1.1)  # revocation has whole-second resolution
-    env = {**os.environ, "LIMINAL_DATA_DIR": str(server.data_dir)}
-    subprocess.run(
-        [sys.executable, "-m", "liminal", "users", "passwd", "carol", "--password-stdin"],
-        input=b"new-carol-pw\n", env=env, check=True, capture_output=True,
-    )
+    server.cli("users", "passwd", "carol", "--password-stdin", stdin=b"new-carol-pw\n")
     assert await client.close_code(timeout=5) == 4001
     assert await refused_code(server, old_token) == 4001
     fresh = await connect(server, server.token("carol", "new-carol-pw"))

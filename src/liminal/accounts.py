@@ -16,17 +16,30 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .auth import hash_password, verify_password
+from .errors import LiminalError
 
-__all__ = ["Accounts", "User", "UserDirectory", "valid_username"]
+__all__ = ["Accounts", "LoginBusy", "User", "UserDirectory", "valid_username"]
 
 logger = logging.getLogger(__name__)
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+# Password checks run on their own small pool: argon2 takes ~50 ms and 64 MiB
+# per check, so a login flood is bounded in CPU and memory and cannot starve
+# the other work done in threads (like noticing removed users).
+PASSWORD_WORKERS = 2
+MAX_WAITING_LOGINS = 32
+
+
+class LoginBusy(LiminalError):
+    """Too many logins are being checked already; the client should retry."""
+
+
 ADMIN_ROLE = "admin"
 
 _SCHEMA = """
@@ -110,14 +123,22 @@ class Accounts:
             raise ValueError("a username is 1-64 letters, digits or _ . @ -")
         if not password:
             raise ValueError("the password must not be empty")
-        user = User(name, (ADMIN_ROLE,) if admin else (), _now())
+        # Tokens of an earlier account with the same name must not come back
+        # to life, so only tokens issued from now on count.
+        user = User(name, (ADMIN_ROLE,) if admin else (), _now(), int(time.time()))
         password_hash = hash_password(password)
         try:
             with self._lock, self._db:
                 self._db.execute(
-                    "INSERT INTO users (name, password_hash, roles, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (name, password_hash, ",".join(user.roles), user.created_at),
+                    "INSERT INTO users (name, password_hash, roles, created_at,"
+                    " tokens_valid_after) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        password_hash,
+                        ",".join(user.roles),
+                        user.created_at,
+                        user.tokens_valid_after,
+                    ),
                 )
         except sqlite3.IntegrityError:
             raise ValueError(f"user {name} already exists") from None
@@ -216,6 +237,10 @@ class UserDirectory:
         self._users: dict[str, User] = {}
         self._version = -1
         self._task: asyncio.Task[None] | None = None
+        self._password_pool = ThreadPoolExecutor(
+            PASSWORD_WORKERS, thread_name_prefix="liminal-password"
+        )
+        self._waiting_logins = 0
 
     async def start(self) -> None:
         await self._reload()
@@ -225,6 +250,7 @@ class UserDirectory:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._password_pool.shutdown(wait=False, cancel_futures=True)
 
     async def lookup(self, name: str) -> User | None:
         user = self._users.get(name)
@@ -235,7 +261,20 @@ class UserDirectory:
         return user
 
     async def authenticate(self, name: str, password: str) -> User | None:
-        return await asyncio.to_thread(self._accounts.authenticate, name, password)
+        """The user if ``password`` is theirs, else None.
+
+        Raises:
+            LoginBusy: more than ``MAX_WAITING_LOGINS`` checks are queued.
+        """
+        if self._waiting_logins >= MAX_WAITING_LOGINS:
+            raise LoginBusy("too many logins in progress")
+        self._waiting_logins += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._password_pool, self._accounts.authenticate, name, password
+            )
+        finally:
+            self._waiting_logins -= 1
 
     async def refresh(self) -> None:
         """Reload now if the database changed; report removed or revoked users."""

@@ -21,7 +21,7 @@ from aiohttp_pydantic.oas.view import generate_oas
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
-from .accounts import User
+from .accounts import LoginBusy, User
 from .errors import AuthError
 from .metrics import CONTENT_TYPE
 from .server import SERVER_KEY, Server
@@ -76,13 +76,19 @@ def _detail(exc: web.HTTPException) -> Any:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     """Turn every error into JSON ``{"detail": ...}``; never leak a traceback."""
     try:
         return await handler(request)
+    except ConnectionError:
+        raise  # the client went away; there is nobody to answer
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json" and (
-            '"detail"' in (exc.text or "")
+        if (
+            exc.status < 400
+            or exc.content_type == "application/json"
+            and ('"detail"' in (exc.text or ""))
         ):
             raise
         return web.json_response(
@@ -106,8 +112,20 @@ def unauthorized(detail: str) -> web.HTTPUnauthorized:
     )
 
 
-def http_error(cls: type[web.HTTPException], detail: Any, **kwargs: Any) -> web.HTTPException:
-    return cls(text=json.dumps({"detail": detail}), content_type="application/json", **kwargs)
+def too_many_requests(detail: str, retry_after: float) -> web.HTTPException:
+    return http_error(
+        web.HTTPTooManyRequests,
+        detail,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+def http_error(
+    cls: type[web.HTTPException], detail: Any, **kwargs: Any
+) -> web.HTTPException:
+    return cls(
+        text=json.dumps({"detail": detail}), content_type="application/json", **kwargs
+    )
 
 
 async def require_user(request: web.Request, *, admin: bool = False) -> User:
@@ -132,14 +150,19 @@ class LiminalView(PydanticView):
 
     @property
     def server(self) -> Server:
-        return self.request.app[SERVER_KEY]
+        server: Server = self.request.app[SERVER_KEY]
+        return server
 
     async def on_validation_error(
         self, exception: ValidationError, context: CONTEXT
     ) -> web.StreamResponse:
         errors = exception.errors(include_url=False, include_context=False)
         detail = [
-            {"loc": [context, *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            {
+                "loc": [context, *error["loc"]],
+                "msg": error["msg"],
+                "type": error["type"],
+            }
             for error in errors
         ]
         return web.json_response({"detail": detail}, status=422)
@@ -166,18 +189,16 @@ class TokenView(LiminalView):
             return credentials
         server = self.server
         ip = server.client_ip(self.request)
-        wait = server.login_guard.retry_after(credentials.username, ip)
+        wait = server.login_guard.attempt(credentials.username, ip)
         if wait > 0:
-            raise http_error(
-                web.HTTPTooManyRequests,
-                "too many failed logins; try again later",
-                headers={"Retry-After": str(math.ceil(wait))},
+            raise too_many_requests("too many failed logins; try again later", wait)
+        try:
+            user = await server.users.authenticate(
+                credentials.username, credentials.password
             )
-        user = await server.users.authenticate(
-            credentials.username, credentials.password
-        )
+        except LoginBusy:
+            raise too_many_requests("too many logins in progress; retry shortly", 1)
         if user is None:
-            server.login_guard.failed(credentials.username, ip)
             raise unauthorized("wrong username or password")
         server.login_guard.succeeded(credentials.username, ip)
         token = server.tokens.issue(user.name, list(user.roles))
@@ -195,8 +216,14 @@ async def _read_credentials(request: web.Request) -> TokenRequest | web.StreamRe
             data: Any = {key: form.get(key) for key in ("username", "password")}
         else:
             data = await request.json()
-    except ValueError:
-        raise http_error(web.HTTPBadRequest, "body is not valid JSON") from None
+    except web.HTTPException:
+        raise  # e.g. 413 for a body over the size limit
+    except Exception:
+        # Invalid JSON, nesting past the recursion limit, an unknown charset,
+        # a broken Content-Encoding: all the client's doing.
+        raise http_error(
+            web.HTTPBadRequest, "unreadable body: send JSON or an OAuth2 form"
+        ) from None
     try:
         return TokenRequest.model_validate(data)
     except ValidationError as exc:
@@ -257,8 +284,12 @@ _WEBSOCKET_DOC = {
         "token, 4002 expired, 4005 server full, 4006 too many from this IP. "
         "Events and codes: see the README.",
         "parameters": [
-            {"name": "token", "in": "query", "required": False,
-             "schema": {"type": "string"}},
+            {
+                "name": "token",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+            },
         ],
         "responses": {
             "101": {"description": "switching to the WebSocket protocol"},

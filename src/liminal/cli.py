@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -13,9 +14,14 @@ from . import __version__
 from .accounts import Accounts
 from .bench import bench
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, LiminalError
+
+if TYPE_CHECKING:
+    from .store import GraphStore
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _field_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -28,10 +34,9 @@ def _field_options(command: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 shown = ",".join(map(str, produced)) or "none"
         else:
-            shown = field.default
+            shown = field.default if field.default is not None else "unset"
         help_text = (
-            f"{field.description or ''} "
-            f"[env LIMINAL_{name.upper()}; default {shown if shown is not None else 'unset'}]"
+            f"{field.description or ''} [env LIMINAL_{name.upper()}; default {shown}]"
         )
         command = click.option(
             f"--{name.replace('_', '-')}", name, default=None, help=help_text
@@ -91,6 +96,46 @@ def _accounts(data_dir: str | None) -> Accounts:
     return Accounts(settings.database_path)
 
 
+def _with_store(settings: Settings, action: Callable[[GraphStore], Awaitable[T]]) -> T:
+    """Open the configured graph store, run ``action`` on it, close it."""
+    from .store import open_store
+
+    async def run() -> T:
+        store = open_store(settings)
+        await store.start()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _update_user_node(data_dir: str | None, name: str, *, present: bool) -> None:
+    """Create or delete the user's graph node; only warn if that fails.
+
+    A server creates missing user nodes when it starts, so a user added while
+    the graph store is down gets a node later.
+    """
+
+    async def update(store: GraphStore) -> str | None:
+        if not present:
+            await store.delete_node("user", name)
+            return None
+        created = await store.ensure_nodes("user", [name])
+        if not created and await store.get_node("user", name) is None:
+            return f"the node id {name} belongs to a node of another type"
+        return None
+
+    try:
+        problem = _with_store(load_settings({"data_dir": data_dir}), update)
+    except LiminalError as exc:
+        problem = str(exc)
+    if problem:
+        action = "create" if present else "remove"
+        click.echo(f"warning: could not {action} the user node: {problem}", err=True)
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -113,7 +158,9 @@ def users() -> None:
 @click.option("--admin", is_flag=True, help="give the user the admin role")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin")
 @data_dir_option
-def users_add(name: str, admin: bool, password_stdin: bool, data_dir: str | None) -> None:
+def users_add(
+    name: str, admin: bool, password_stdin: bool, data_dir: str | None
+) -> None:
     """Create user NAME (prompts twice for the password)."""
     accounts = _accounts(data_dir)
     try:
@@ -121,6 +168,7 @@ def users_add(name: str, admin: bool, password_stdin: bool, data_dir: str | None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"added {user.name}{' (admin)' if user.is_admin else ''}")
+    _update_user_node(data_dir, name, present=True)
 
 
 @users.command("list")
@@ -140,6 +188,7 @@ def users_remove(name: str, data_dir: str | None) -> None:
     if not _accounts(data_dir).remove(name):
         raise click.ClickException(f"no user {name}")
     click.echo(f"removed {name}")
+    _update_user_node(data_dir, name, present=False)
 
 
 @users.command("passwd")
@@ -153,3 +202,55 @@ def users_passwd(name: str, password_stdin: bool, data_dir: str | None) -> None:
         raise click.ClickException(f"no user {name}")
     accounts.set_password(name, _read_password(password_stdin))
     click.echo(f"password of {name} changed")
+
+
+@main.group()
+def graph() -> None:
+    """Move the graph between stores as JSON lines (nodes, then relationships)."""
+
+
+graph_url_option = click.option(
+    "--graph-url",
+    default=None,
+    help="bolt:// or neo4j:// URL of the store "
+    "[env LIMINAL_GRAPH_URL; default: the embedded store in the data dir]",
+)
+
+
+@graph.command("export")
+@click.argument("file", type=click.File("w", encoding="utf-8"))
+@data_dir_option
+@graph_url_option
+def graph_export(file: Any, data_dir: str | None, graph_url: str | None) -> None:
+    """Write the whole graph to FILE ("-" for standard output)."""
+    from .store.transfer import export_graph
+
+    settings = load_settings({"data_dir": data_dir, "graph_url": graph_url})
+    try:
+        nodes, relationships = _with_store(
+            settings, lambda store: export_graph(store, file)
+        )
+    except LiminalError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"exported {nodes} nodes and {relationships} relationships", err=True)
+
+
+@graph.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@data_dir_option
+@graph_url_option
+def graph_import(file: Any, data_dir: str | None, graph_url: str | None) -> None:
+    """Read nodes and relationships from FILE ("-" for standard input).
+
+    Nodes and relationships with the same id as stored ones replace them.
+    """
+    from .store.transfer import import_graph
+
+    settings = load_settings({"data_dir": data_dir, "graph_url": graph_url})
+    try:
+        nodes, relationships = _with_store(
+            settings, lambda store: import_graph(store, file)
+        )
+    except (LiminalError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"imported {nodes} nodes and {relationships} relationships", err=True)

@@ -25,6 +25,7 @@ __all__ = ["Settings", "load_jwt_secret", "mask_url"]
 MIN_SECRET_BYTES = 32
 SECRET_FILE = "jwt-secret"
 
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|pass|auth)=)[^&]*", re.I)
 _RELATIONSHIP_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -221,9 +222,14 @@ def load_jwt_secret(settings: Settings) -> bytes:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a ``scheme://user:password@host`` URL for logging."""
+    """Hide the passwords of a URL for logging.
+
+    Both ``scheme://user:password@host`` and a ``password=`` query parameter
+    are masked.
+    """
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep or "@" not in rest.partition("?")[0]:
         return url
     credentials, _, host = rest.rpartition("@")
     user = credentials.partition(":")[0]

@@ -104,10 +104,18 @@ class Connection:
         if self.close_code is not None:
             return False
         transport = self._transport
+        if transport.is_closing():
+            # The peer vanished (reset or closed); its read loop ends soon.
+            self.close_code = CloseCode.ABNORMAL
+            return False
         if transport.get_write_buffer_size() + len(frame) > self._max_queued:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound queue full")
             return False
-        transport.write(frame)
+        try:
+            transport.write(frame)
+        except (RuntimeError, OSError):  # the transport died just now
+            self.close_code = CloseCode.ABNORMAL
+            return False
         return True
 
     def send_event(self, event: dict[str, Any]) -> bool:
@@ -145,7 +153,9 @@ class Connection:
         except (TimeoutError, ConnectionError):
             self._transport.abort()
         except Exception:
-            logger.exception("closing connection failed", extra={"conn_id": self.conn_id})
+            logger.exception(
+                "closing connection failed", extra={"conn_id": self.conn_id}
+            )
             self._transport.abort()
 
     async def wait_closed(self) -> None:

@@ -124,8 +124,8 @@ class Hub:
     # Subscriptions.
 
     def subscribe(self, conn: Connection, channel: str) -> bool:
-        """Subscribe ``conn``; False if it already was."""
-        if channel in conn.channels:
+        """Subscribe ``conn``; False if it already was or is no longer here."""
+        if channel in conn.channels or self._connections.get(conn.conn_id) is not conn:
             return False
         entry = self._channels.get(channel)
         if entry is None:

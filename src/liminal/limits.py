@@ -66,7 +66,9 @@ class ConnectionRates:
     def __init__(self, messages_per_minute: int, control_per_minute: int) -> None:
         self.message = TokenBucket(messages_per_minute, messages_per_minute / 60)
         self.control = TokenBucket(control_per_minute, control_per_minute / 60)
-        self.strikes = TokenBucket(2 * messages_per_minute, 2 * messages_per_minute / 60)
+        self.strikes = TokenBucket(
+            2 * messages_per_minute, 2 * messages_per_minute / 60
+        )
 
 
 class LoginGuard:
@@ -75,44 +77,72 @@ class LoginGuard:
     After ``max_failures`` failures for one (username, IP) within
     ``window_seconds``, further attempts of that pair are refused, right or
     wrong, until the oldest failure leaves the window. Other users and other
-    addresses are unaffected. At most ``max_keys`` pairs are remembered; the
-    least recently failed are forgotten first, so memory stays bounded under
-    a spray of random usernames.
+    addresses are unaffected, except that one address may fail at most
+    ``max_failures_per_ip`` times in the window over all usernames, which
+    stops a spray of guesses at many accounts.
+
+    Every attempt counts as a failure from the moment it starts until it
+    succeeds, so a burst of simultaneous guesses is cut off like a sequence.
+    At most ``max_keys`` pairs are remembered, the least recently failed
+    forgotten first, so memory stays bounded.
     """
 
     def __init__(
-        self, max_failures: int, window_seconds: float, max_keys: int = 100_000
+        self,
+        max_failures: int,
+        window_seconds: float,
+        *,
+        max_failures_per_ip: int | None = None,
+        max_keys: int = 100_000,
     ) -> None:
         self.max_failures = max_failures
+        self.max_failures_per_ip = max_failures_per_ip or 4 * max_failures
         self.window = window_seconds
         self.max_keys = max_keys
         self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
 
-    def retry_after(self, username: str, ip: str) -> float:
-        """Seconds until this pair may try again; 0.0 when it may now."""
-        failures = self._failures.get((username, ip))
+    def attempt(self, username: str, ip: str) -> float:
+        """Admit a login attempt, counted as failed until :meth:`succeeded`.
+
+        Returns 0.0 when the attempt may go on, else the seconds to wait.
+        """
+        now = time.monotonic()
+        wait = max(
+            self._wait((username, ip), self.max_failures, now),
+            self._wait(("", ip), self.max_failures_per_ip, now),
+        )
+        if wait > 0:
+            return wait
+        self._record((username, ip), self.max_failures, now)
+        self._record(("", ip), self.max_failures_per_ip, now)
+        return 0.0
+
+    def succeeded(self, username: str, ip: str) -> None:
+        """The attempt was right: forget the pair's failures."""
+        self._failures.pop((username, ip), None)
+        per_ip = self._failures.get(("", ip))
+        if per_ip:
+            per_ip.pop()
+
+    def _wait(self, key: tuple[str, str], limit: int, now: float) -> float:
+        failures = self._failures.get(key)
         if failures is None:
             return 0.0
-        now = time.monotonic()
         while failures and failures[0] <= now - self.window:
             failures.popleft()
         if not failures:
-            del self._failures[(username, ip)]
+            del self._failures[key]
             return 0.0
-        if len(failures) < self.max_failures:
+        if len(failures) < limit:
             return 0.0
         return failures[0] + self.window - now
 
-    def failed(self, username: str, ip: str) -> None:
-        key = (username, ip)
-        failures = self._failures.pop(key, None) or deque(maxlen=self.max_failures)
-        failures.append(time.monotonic())
+    def _record(self, key: tuple[str, str], limit: int, now: float) -> None:
+        failures = self._failures.pop(key, None) or deque(maxlen=limit)
+        failures.append(now)
         self._failures[key] = failures
         while len(self._failures) > self.max_keys:
             self._failures.popitem(last=False)
-
-    def succeeded(self, username: str, ip: str) -> None:
-        self._failures.pop((username, ip), None)
 
 
 def _normalize(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -125,13 +155,15 @@ def _normalize(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     return ip
 
 
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-             networks: Sequence[IPNetwork]) -> bool:
+def _trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence[IPNetwork]
+) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
-def client_ip(peer: str | None, forwarded_for: Sequence[str],
-              trusted_proxies: Sequence[IPNetwork]) -> str:
+def client_ip(
+    peer: str | None, forwarded_for: Sequence[str], trusted_proxies: Sequence[IPNetwork]
+) -> str:
     """The address the admission limits count for one request.
 
     The peer's address, unless the peer is a trusted proxy: then the

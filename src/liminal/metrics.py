@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,7 +18,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -83,8 +83,20 @@ class Metrics:
         self.publish_seconds = Histogram(
             "liminal_publish_duration_seconds",
             "Time from receipt of a message to its hand-off to every local subscriber",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                     0.05, 0.1, 0.25, 1.0),
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                1.0,
+            ),
             registry=registry,
         )
         self.channel_denials = Counter(

@@ -101,7 +101,9 @@ class ChannelPolicy:
         """Forget every cached verdict (the graph changed)."""
         self._generation += 1
 
-    async def check(self, conn: Connection, channel: str, access: Access) -> Denial | None:
+    async def check(
+        self, conn: Connection, channel: str, access: Access
+    ) -> Denial | None:
         """None if ``conn`` may do ``access`` on ``channel``, else why not."""
         if not self.governs(channel):
             return None
@@ -109,7 +111,8 @@ class ChannelPolicy:
         cached = conn.verdicts.get(key)
         now = time.monotonic()
         if cached is not None and cached[0] == self._generation and cached[1] > now:
-            return cached[2]
+            cached_verdict: Denial | None = cached[2]
+            return cached_verdict
         verdict = await self.decide(conn.username, conn.is_admin, channel, access)
         if len(conn.verdicts) >= MAX_CACHED_VERDICTS:
             conn.verdicts.clear()
@@ -127,23 +130,28 @@ class ChannelPolicy:
                 return await self._decide_feed(username, is_admin, channel, access)
             return await self._decide_channel(username, is_admin, channel, access)
         except StoreError as exc:
-            logger.warning("permission check failed: %s", exc, extra={"channel": channel})
-            return Denial(ErrorCode.INTERNAL, "permission check failed: graph store unavailable")
+            logger.warning(
+                "permission check failed: %s", exc, extra={"channel": channel}
+            )
+            return Denial(
+                ErrorCode.INTERNAL, "permission check failed: graph store unavailable"
+            )
 
     async def _decide_channel(
         self, username: str, is_admin: bool, channel: str, access: Access
     ) -> Denial | None:
         store = self._store
-        if await store.get_node_type(channel) != "channel":
+        if await store.get_node("channel", channel) is None:
             return Denial(ErrorCode.CHANNEL_NOT_FOUND, f"no channel node {channel}")
         if is_admin:
             return None
         types = self._types[access]
         if await store.has_relationship(username, channel, types):
             return None
-        for group in await store.related_ids(username, (GROUP_MEMBERSHIP,), GROUP_TYPE):
-            if await store.has_relationship(group, channel, types):
-                return None
+        if await store.has_relationship_via(
+            username, (GROUP_MEMBERSHIP,), GROUP_TYPE, channel, types
+        ):
+            return None
         return Denial(
             ErrorCode.FORBIDDEN,
             f"no {' or '.join(types)} relationship from user {username} "
@@ -154,15 +162,19 @@ class ChannelPolicy:
         self, username: str, is_admin: bool, channel: str, access: Access
     ) -> Denial | None:
         if access is Access.WRITE:
-            return Denial(ErrorCode.FORBIDDEN, "graph feeds are written by liminal only")
+            return Denial(
+                ErrorCode.FORBIDDEN, "graph feeds are written by liminal only"
+            )
         match = _FEED_PATTERN.fullmatch(channel)
         if match is None:
-            return Denial(ErrorCode.CHANNEL_NOT_FOUND, "a feed is graph:<node_type>:<node_id>")
+            return Denial(
+                ErrorCode.CHANNEL_NOT_FOUND, "a feed is graph:<node_type>:<node_id>"
+            )
         node_type, node_id = match.groups()
         if is_admin or (node_type == "user" and node_id == username):
             return None
-        if self._feed_types and await self._store.get_node_type(node_id) == node_type and (
-            await self._store.has_relationship(username, node_id, self._feed_types)
+        if await self._store.has_relationship(username, node_id, self._feed_types) and (
+            await self._store.get_node(node_type, node_id) is not None
         ):
             return None
         types = " or ".join(self._feed_types) or "feed-read"
@@ -180,8 +192,10 @@ class ChannelPolicy:
         """
         nothing: tuple[set[str] | None, set[str] | None] = (set(), set())
         if change.kind == "relationship_deleted":
-            assert change.source is not None and change.target is not None
-            (source_type, source_id), (target_type, target_id) = change.source, change.target
+            assert change.relationship is not None
+            source, target = change.relationship.source, change.relationship.target
+            source_type, source_id = source.type, source.id
+            target_type, target_id = target.type, target.id
             feed = feed_channel(target_type, target_id)
             users = {source_id} if source_type == "user" else None
             if target_type == "channel" and self.graph_mode:
@@ -190,7 +204,8 @@ class ChannelPolicy:
                 return users, None
             return (users, {feed}) if users else nothing
         if change.kind == "node_deleted":
-            node_type, node_id = change.node_type, change.node_id
+            assert change.node is not None
+            node_type, node_id = change.node.type, change.node.id
             if node_type == "user":
                 return {node_id}, None
             if node_type == "channel" and self.graph_mode:

@@ -50,7 +50,10 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  # done; reconnect only if the application wants to
     GOING_AWAY = 1001  # server shutting down: reconnect with backoff
+    PROTOCOL_ERROR = 1002  # broken WebSocket framing: fix the client first
     POLICY_VIOLATION = 1008  # e.g. kept flooding while rate limited: do not
+    ABNORMAL = 1006  # never sent: recorded when the peer vanished without closing
+    INVALID_TEXT = 1007  # a text frame that is not UTF-8: fix the client first
     MESSAGE_TOO_BIG = 1009  # message over the size limit: fix the client first
     INTERNAL_ERROR = 1011  # unexpected server fault: reconnect with backoff
     TRY_AGAIN_LATER = 1013  # temporary overload: reconnect with backoff
@@ -95,11 +98,15 @@ def _parse_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError("number out of range")
+    if value == 0.0 and any(
+        digit in "123456789" for digit in text.lower().partition("e")[0]
+    ):
+        raise ValueError("number too small for a double")
     return value
 
 
 def _parse_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise ValueError(f"integer longer than {MAX_INT_DIGITS} digits")
     return int(text)
 
@@ -121,7 +128,7 @@ def _event_id(data: dict[str, Any]) -> str | int | None:
         raise ProtocolError(
             ErrorCode.MALFORMED, f"id longer than {MAX_ID_LENGTH} characters"
         )
-    if isinstance(event_id, int) and abs(event_id) >= 2**63:
+    if isinstance(event_id, int) and not -(2**63) <= event_id < 2**63:
         raise ProtocolError(ErrorCode.MALFORMED, "id out of the 64-bit range")
     return event_id
 
@@ -142,7 +149,9 @@ def parse_event(text: str) -> ClientEvent:
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and our own number checks;
         # RecursionError comes from thousands of nested arrays.
-        raise ProtocolError(ErrorCode.MALFORMED, f"not valid JSON: {_short(exc)}") from None
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"not valid JSON: {_short(exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "an event must be a JSON object")
 

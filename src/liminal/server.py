@@ -7,29 +7,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from .accounts import Accounts, User, UserDirectory
-from .broker import open_broker
 from .auth import TokenIssuer
+from .broker import open_broker
 from .config import Settings, load_jwt_secret
+from .graph_events import change_from_message, change_message, feed_frames
 from .hub import Hub
 from .limits import LoginGuard, client_ip
 from .metrics import Metrics
+from .policy import ChannelPolicy
 from .protocol import CloseCode
+from .store import GraphChange, GraphStore, ensure_nodes_soon, open_store
 
 __all__ = ["Server", "build_app", "run"]
 
 logger = logging.getLogger(__name__)
 
 SERVER_KEY: web.AppKey[Server] = web.AppKey("liminal_server")
-_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|access_token)=)[^&]*", re.I)
 
 
 @dataclass
@@ -41,18 +45,30 @@ class Server:
     tokens: TokenIssuer
     metrics: Metrics
     hub: Hub
+    store: GraphStore
+    # Awaited after every successful write through the graph API.
+    graph_listeners: list[Callable[[GraphChange], Awaitable[None]]] = field(
+        default_factory=list
+    )
     users: UserDirectory = field(init=False)
     login_guard: LoginGuard = field(init=False)
+    policy: ChannelPolicy = field(init=False)
+    _user_nodes: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.users = UserDirectory(self.accounts, self._on_users_changed)
         self.login_guard = LoginGuard(
             self.settings.login_max_failures, self.settings.login_window_seconds
         )
+        self.policy = ChannelPolicy(self.settings, self.store, self.metrics)
+        self.graph_listeners.append(self._on_graph_change)
+        self._background: set[asyncio.Task[None]] = set()
 
     def client_ip(self, request: web.BaseRequest) -> str:
         """The client address the limits count (see :func:`limits.client_ip`)."""
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer = (
+            request.transport.get_extra_info("peername") if request.transport else None
+        )
         return client_ip(
             peer[0] if peer else request.remote,
             request.headers.getall("X-Forwarded-For", []),
@@ -78,6 +94,7 @@ class Server:
             ),
             metrics=metrics,
             hub=hub,
+            store=open_store(settings),
         )
 
     def _on_users_changed(self, changed: dict[str, User | None]) -> None:
@@ -86,7 +103,9 @@ class Server:
             user = changed[conn.username]
             if user is not None and conn.issued_at >= user.tokens_valid_after:
                 continue
-            reason = "user removed" if user is None else "token revoked: password changed"
+            reason = (
+                "user removed" if user is None else "token revoked: password changed"
+            )
             logger.info(
                 "closing connection: %s",
                 reason,
@@ -94,36 +113,97 @@ class Server:
             )
             self.hub.disconnect(conn, CloseCode.INVALID_TOKEN, reason)
 
+    async def _on_graph_change(self, change: GraphChange) -> None:
+        """A write through this instance's graph API succeeded."""
+        received_at = time.perf_counter()
+        for channel, frame in feed_frames(change):
+            self.hub.publish(channel, frame, received_at)
+        self.hub.broker.publish_control(change_message(change))
+        await self.apply_graph_change(change)
+
+    async def apply_graph_change(self, change: GraphChange) -> None:
+        """Forget cached permissions and revoke subscriptions ``change`` ended."""
+        for conn, channel, denial in await self.policy.revoked(
+            self.hub.connections(), change
+        ):
+            if not self.hub.unsubscribe(conn, channel):
+                continue
+            logger.info(
+                "subscription revoked",
+                extra={
+                    "conn_id": conn.conn_id,
+                    "user": conn.username,
+                    "channel": channel,
+                },
+            )
+            conn.send_event(
+                {
+                    "type": "unsubscribed",
+                    "channel": channel,
+                    "code": int(denial.code),
+                    "reason": denial.message,
+                }
+            )
+
     def _on_control(self, message: bytes) -> None:
-        """A control message from another instance (none are defined yet)."""
-        logger.debug("ignoring control message of %d bytes", len(message))
+        """A control message from another instance."""
+        change = change_from_message(message)
+        if change is None:
+            logger.debug("ignoring control message of %d bytes", len(message))
+            return
+        task = asyncio.create_task(self.apply_graph_change(change))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def start(self) -> None:
         await self.users.start()
         await self.hub.broker.start(self.hub.deliver, self._on_control)
+        await self.store.start()
+        # Users made before the graph existed get their node too.
+        names = [user.name for user in await asyncio.to_thread(self.accounts.list)]
+        self._user_nodes = await ensure_nodes_soon(self.store, "user", names)
 
     async def stop(self) -> None:
         closing = self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.wait_closed() for conn in closing))
         await self.hub.broker.stop()
         await self.users.stop()
+        if self._user_nodes is not None:
+            self._user_nodes.cancel()
+            await asyncio.gather(self._user_nodes, return_exceptions=True)
+        await self.store.close()
         self.accounts.close()
 
 
-def redact_query(path_qs: str) -> str:
-    """Replace token values in a request path so it can be logged."""
-    return _TOKEN_IN_QUERY.sub(r"\1<redacted>", path_qs)
+_SENSITIVE_PARAMETERS = {"token", "access_token", "password", "passwd", "secret"}
+
+
+def loggable_path(request: BaseRequest) -> str:
+    """The request's path and query, with secret parameters' values replaced.
+
+    Works on the decoded query, so ``%74oken=`` is caught like ``token=``.
+    """
+    url = request.rel_url
+    if not url.query:
+        return url.raw_path
+    query = [
+        (key, "<redacted>" if key.lower() in _SENSITIVE_PARAMETERS else value)
+        for key, value in url.query.items()
+    ]
+    return f"{url.raw_path}?{urlencode(query, safe='<>')}"
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Access log lines without tokens from the query string."""
+    """Access log lines without tokens or passwords from the query string."""
 
-    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+    def log(
+        self, request: BaseRequest, response: web.StreamResponse, time: float
+    ) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
             request.remote,
             request.method,
-            redact_query(request.path_qs),
+            loggable_path(request),
             response.status,
             time * 1000,
         )
@@ -131,12 +211,13 @@ class AccessLogger(AbstractAccessLogger):
 
 def build_app(server: Server) -> web.Application:
     """Create the aiohttp application serving REST and WebSocket routes."""
-    from . import api, websocket
+    from . import api, graph_api, websocket
 
     app = web.Application(middlewares=[api.error_middleware], client_max_size=1 << 20)
     app[SERVER_KEY] = server
     websocket.add_routes(app)
     api.add_routes(app)
+    graph_api.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         await server.start()

@@ -20,8 +20,15 @@ from .auth import Claims
 from .connection import Connection
 from .errors import AuthError, ProtocolError
 from .limits import ConnectionRates, TokenBucket
-from .protocol import ClientEvent, CloseCode, ErrorCode, encode_event, parse_event
-from .protocol import utc_timestamp
+from .policy import Access
+from .protocol import (
+    ClientEvent,
+    CloseCode,
+    ErrorCode,
+    encode_event,
+    parse_event,
+    utc_timestamp,
+)
 from .server import SERVER_KEY, Server
 
 __all__ = ["add_routes", "bearer_token"]
@@ -77,13 +84,18 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
             status=426,
             headers={"Upgrade": "websocket", "Connection": "Upgrade"},
         )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:  # the client vanished during the handshake
+        return web.Response(status=499)
     transport = request.transport
     if transport is None:  # the client vanished during the handshake
         return ws
 
     try:
-        user, claims = await authenticate(server, bearer_token(request, allow_query=True))
+        user, claims = await authenticate(
+            server, bearer_token(request, allow_query=True)
+        )
     except AuthError as exc:
         return await _refuse(server, ws, exc.code, exc.reason)
 
@@ -94,13 +106,17 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
         ws,
         transport,
         settings.max_queued_bytes,
-        ConnectionRates(settings.rate_limit_per_minute, settings.control_rate_per_minute),
+        ConnectionRates(
+            settings.rate_limit_per_minute, settings.control_rate_per_minute
+        ),
         claims.issued_at,
     )
     refusal = server.hub.register(conn)
     if refusal is not None:
-        reason = "server full" if refusal == CloseCode.SERVER_FULL else (
-            "too many connections from this address"
+        reason = (
+            "server full"
+            if refusal == CloseCode.SERVER_FULL
+            else ("too many connections from this address")
         )
         return await _refuse(server, ws, refusal, reason)
 
@@ -130,7 +146,7 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
         await conn.wait_closed()
         code = conn.close_code
         server.metrics.connections_closed.labels(
-            str(code) if code is not None else "peer"
+            "peer" if code in (None, CloseCode.ABNORMAL) else str(code)
         ).inc()
         logger.info(
             "connection closed",
@@ -158,6 +174,10 @@ async def _read_events(
     """Handle client frames until the connection closes."""
     while not conn.closing:
         msg = await ws.receive()
+        if conn.closing:
+            # Closed by the server while waiting (slow consumer, expiry,
+            # revocation): nothing more from this client is acted on.
+            return
         received_at = time.perf_counter()
         if msg.type is WSMsgType.TEXT:
             await _handle_text(server, conn, msg.data, received_at)
@@ -187,15 +207,36 @@ async def _handle_text(
         _handle_invalid(server, conn, exc)
         return
     server.metrics.received(event.type)
-    if event.type == "message":
-        if _within_rate(server, conn, conn.rates.message, event):
-            _publish(server, conn, event, received_at)
-    elif not _within_rate(server, conn, conn.rates.control, event):
-        return
-    elif event.type == "subscribe":
-        await _subscribe(server, conn, event)
-    else:
-        _unsubscribe(server, conn, event)
+    try:
+        if event.type == "message":
+            if _within_rate(server, conn, conn.rates.message, event):
+                if server.policy.governs(event.channel):  # open mode skips the await
+                    await _authorize(server, conn, event, Access.WRITE)
+                _publish(server, conn, event, received_at)
+        elif not _within_rate(server, conn, conn.rates.control, event):
+            return
+        elif event.type == "subscribe":
+            await _subscribe(server, conn, event)
+        else:
+            _unsubscribe(server, conn, event)
+    except ProtocolError as exc:
+        _reject(server, conn, exc)
+    except Exception:
+        # Our fault, not the client's: answer 5001 and keep the connection.
+        logger.exception(
+            "handling an event failed",
+            extra={"conn_id": conn.conn_id, "channel": event.channel},
+        )
+        _reject(
+            server,
+            conn,
+            ProtocolError(
+                ErrorCode.INTERNAL,
+                "the server failed this request",
+                event_id=event.id,
+                channel=event.channel,
+            ),
+        )
 
 
 def _handle_invalid(server: Server, conn: Connection, error: ProtocolError) -> None:
@@ -239,6 +280,17 @@ def _within_rate(
     return False
 
 
+async def _authorize(
+    server: Server, conn: Connection, event: ClientEvent, access: Access
+) -> None:
+    """Raise the channel policy's refusal of ``event``, if any."""
+    denial = await server.policy.check(conn, event.channel, access)
+    if denial is not None:
+        raise ProtocolError(
+            denial.code, denial.message, event_id=event.id, channel=event.channel
+        )
+
+
 def _reject(server: Server, conn: Connection, error: ProtocolError) -> None:
     server.metrics.events_rejected.labels(str(int(error.code))).inc()
     conn.send_error(error)
@@ -265,6 +317,7 @@ async def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> No
             ),
         )
         return
+    await _authorize(server, conn, event, Access.READ)
     server.hub.subscribe(conn, event.channel)
     # With Redis, answer once other instances' messages reach us too (or
     # after a short wait while Redis is slow or down).
@@ -281,15 +334,23 @@ def _unsubscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
 def _publish(
     server: Server, conn: Connection, event: ClientEvent, received_at: float
 ) -> None:
-    frame = encode_event(
-        {
-            "type": "message",
-            "channel": event.channel,
-            "content": event.content,
-            "sender": conn.username,
-            "timestamp": utc_timestamp(),
-        }
-    )
+    try:
+        frame = encode_event(
+            {
+                "type": "message",
+                "channel": event.channel,
+                "content": event.content,
+                "sender": conn.username,
+                "timestamp": utc_timestamp(),
+            }
+        )
+    except (RecursionError, ValueError, TypeError):
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            "content is nested too deeply",
+            event_id=event.id,
+            channel=event.channel,
+        ) from None
     server.hub.publish(event.channel, frame, received_at)
     if event.id is not None:
         _reply(conn, event, "publish_success")

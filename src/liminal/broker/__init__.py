@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..config import Settings
+from ..errors import ConfigError
 from ..metrics import Metrics
 
 __all__ = ["Broker", "ControlHandler", "Deliver", "open_broker"]
@@ -61,8 +62,14 @@ def open_broker(settings: Settings, metrics: Metrics) -> Broker:
         return MemoryBroker()
     from .redis import RedisBroker
 
+    url = settings.broker_url.get_secret_value()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            "LIMINAL_BROKER_URL must look like redis://[:password@]host:port/db "
+            "(or rediss:// for TLS)"
+        )
     return RedisBroker(
-        settings.broker_url.get_secret_value(),
+        url,
         prefix=settings.broker_prefix,
         instance_id=settings.instance_id,
         metrics=metrics,

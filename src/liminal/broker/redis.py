@@ -53,7 +53,8 @@ class RedisBroker:
         instance_id: this instance's name, written into every envelope.
         metrics: where up/down, reconnects and drops are recorded.
         heartbeat_seconds: how often the instance checks it still hears itself.
-        max_pending: messages queued for Redis before further ones are dropped.
+        max_pending_bytes: bytes queued for Redis (while it is slow, or lost
+            but not yet noticed) before further messages are dropped.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class RedisBroker:
         instance_id: str,
         metrics: Metrics,
         heartbeat_seconds: float = 2.0,
-        max_pending: int = 10_000,
+        max_pending_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._url = url
         self._safe_url = mask_url(url)
@@ -73,14 +74,15 @@ class RedisBroker:
         self._origin = instance_id.encode() + _SEPARATOR
         self._metrics = metrics
         self._heartbeat_seconds = heartbeat_seconds
-        self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self._up = False
         self._warned = False
         self._wanted: set[str] = set()
         self._changed = asyncio.Event()
         self._confirmed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_pending)
+        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._publisher: Redis | None = None
         self._deliver: Deliver = lambda channel, frame: None
@@ -98,7 +100,9 @@ class RedisBroker:
         self._tasks = [
             asyncio.create_task(self._supervise(), name="liminal-broker-listen"),
             asyncio.create_task(self._publish_loop(), name="liminal-broker-publish"),
-            asyncio.create_task(self._heartbeat_loop(), name="liminal-broker-heartbeat"),
+            asyncio.create_task(
+                self._heartbeat_loop(), name="liminal-broker-heartbeat"
+            ),
         ]
 
     async def stop(self) -> None:
@@ -149,13 +153,12 @@ class RedisBroker:
         return True
 
     def _enqueue(self, redis_channel: str, payload: bytes) -> None:
-        if not self._up:
+        size = len(payload)
+        if not self._up or self._pending_bytes + size > self._max_pending_bytes:
             self._metrics.broker_dropped.inc()
             return
-        try:
-            self._pending.put_nowait((redis_channel, self._origin + payload))
-        except asyncio.QueueFull:
-            self._metrics.broker_dropped.inc()
+        self._pending_bytes += size
+        self._pending.put_nowait((redis_channel, self._origin + payload))
 
     # Connections.
 
@@ -202,7 +205,7 @@ class RedisBroker:
                 if self._changed.is_set():
                     await self._sync_subscriptions(pubsub, subscribed)
                 message = await pubsub.get_message(timeout=0.05)
-                if message is not None and self._handle(message):
+                if message is not None and self._handle_safely(message):
                     heard = loop.time()
                 if loop.time() - heard > 3 * self._heartbeat_seconds:
                     raise _Deaf("no heartbeat of our own came back")
@@ -223,12 +226,20 @@ class RedisBroker:
         subscribed.clear()
         subscribed.update(wanted)
 
+    def _handle_safely(self, message: dict[str, Any]) -> bool:
+        # A fault while delivering one message must not kill the listener.
+        try:
+            return self._handle(message)
+        except Exception:
+            logger.exception("handling a broker message failed")
+            return False
+
     def _handle(self, message: dict[str, Any]) -> bool:
         """Act on one pub/sub message; True if it was our own heartbeat."""
         kind = message["type"]
         name = message["channel"].decode()
         if kind == "subscribe" and name.startswith(self._channel_prefix):
-            channel = name[len(self._channel_prefix):]
+            channel = name[len(self._channel_prefix) :]
             self._confirmed.add(channel)
             for waiter in self._waiters.pop(channel, []):
                 if not waiter.done():
@@ -236,14 +247,15 @@ class RedisBroker:
             return False
         if kind != "message":
             return False
-        origin, _, payload = message["data"].partition(_SEPARATOR)
+        data: bytes = message["data"]
+        origin, _, payload = data.partition(_SEPARATOR)
         if origin + _SEPARATOR == self._origin:
             return payload == _HEARTBEAT
         if name == self._control_channel:
             if payload != _HEARTBEAT:
                 self._on_control(payload)
         elif name.startswith(self._channel_prefix):
-            self._deliver(name[len(self._channel_prefix):], payload)
+            self._deliver(name[len(self._channel_prefix) :], payload)
         return False
 
     async def _publish_loop(self) -> None:
@@ -252,6 +264,9 @@ class RedisBroker:
             batch = [await self._pending.get()]
             while not self._pending.empty() and len(batch) < 512:
                 batch.append(self._pending.get_nowait())
+            self._pending_bytes -= sum(
+                len(payload) - len(self._origin) for _, payload in batch
+            )
             try:
                 async with self._publisher.pipeline(transaction=False) as pipe:
                     for redis_channel, payload in batch:
