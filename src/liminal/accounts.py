@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .auth import hash_password, verify_password
+from .config import make_private_dir
 from .errors import LiminalError
 
 __all__ = ["Accounts", "LoginBusy", "User", "UserDirectory", "valid_username"]
@@ -81,7 +82,7 @@ def connect_database(path: Path) -> sqlite3.Connection:
     The data dir and the database (which holds password hashes) are made
     readable by their owner only.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     db = sqlite3.connect(path, timeout=10, check_same_thread=False)
     with contextlib.suppress(OSError):
         path.chmod(0o600)

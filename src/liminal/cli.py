@@ -44,6 +44,10 @@ def _field_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def load_settings(overrides: dict[str, Any]) -> Settings:
     """Settings from the environment, with non-empty ``overrides`` on top."""
     given = {key: value for key, value in overrides.items() if value is not None}
@@ -232,7 +236,10 @@ def graph_export(file: Any, data_dir: str | None, graph_url: str | None) -> None
         )
     except LiminalError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"exported {nodes} nodes and {relationships} relationships", err=True)
+    click.echo(
+        f"exported {_count(nodes, 'node')} and {_count(relationships, 'relationship')}",
+        err=True,
+    )
 
 
 @graph.command("import")
@@ -253,4 +260,7 @@ def graph_import(file: Any, data_dir: str | None, graph_url: str | None) -> None
         )
     except (LiminalError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"imported {nodes} nodes and {relationships} relationships", err=True)
+    click.echo(
+        f"imported {_count(nodes, 'node')} and {_count(relationships, 'relationship')}",
+        err=True,
+    )

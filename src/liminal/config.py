@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "load_jwt_secret", "mask_url"]
+__all__ = ["Settings", "load_jwt_secret", "make_private_dir", "mask_url"]
 
 MIN_SECRET_BYTES = 32
 SECRET_FILE = "jwt-secret"
@@ -184,6 +184,15 @@ class Settings(BaseSettings):
         return self.data_dir / "liminal.db"
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) readable by its owner only, if missing.
+
+    The data dir holds password hashes and the JWT key; an existing directory
+    keeps the mode its owner gave it.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def load_jwt_secret(settings: Settings) -> bytes:
     """Return the signing key: the configured one, or the one kept in the data dir.
 
@@ -203,7 +212,7 @@ def load_jwt_secret(settings: Settings) -> bytes:
             )
         return secret
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     path = settings.data_dir / SECRET_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

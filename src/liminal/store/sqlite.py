@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..config import make_private_dir
 from ..errors import StoreError
 from . import (
     GraphStore,
@@ -111,8 +112,9 @@ class SqliteStore(GraphStore):
 
     async def start(self) -> None:
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self._path.parent)
             db = await aiosqlite.connect(self._path, timeout=10, isolation_level=None)
+            self._path.chmod(0o600)  # shared with the users table
             self._db = db
             for pragma in ("journal_mode=WAL", "busy_timeout=10000", "foreign_keys=ON"):
                 await db.execute(f"PRAGMA {pragma}")
