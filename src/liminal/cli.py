@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .accounts import Accounts
+from .bench import bench
 from .config import Settings
 from .errors import ConfigError, LiminalError
 
@@ -64,6 +65,9 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
 @click.version_option(__version__, prog_name="liminal")
 def main() -> None:
     """liminal: real-time messaging over WebSocket, with a graph of who may talk."""
+
+
+main.add_command(bench)
 
 
 @main.command()
