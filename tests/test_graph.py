@@ -44,8 +44,8 @@ INJECTIONS = [
 # Bolt parameter, which real Neo4j keeps apart from the query text.
 FALKORDB_QUOTE_BUG = pytest.mark.xfail(
     reason="FalkorDB's Bolt endpoint splices string parameters into the query "
-    "text unescaped: a ' breaks the query (or overrides another parameter) "
-    "and a backslash is read as an escape",
+    "text unescaped, so liminal refuses ' and backslashes there (422) and such "
+    "values cannot round-trip",
     strict=True,
 )
 

@@ -327,3 +327,68 @@ async def test_revocation_and_feeds_cross_instances_through_redis(
         await bob.close()
     finally:
         redis_server.stop()
+
+
+async def test_a_non_user_node_with_a_username_as_id_grants_nothing(graph: Graph) -> None:
+    name = uid("eve")
+    graph.proc.cli("users", "add", name, "--password-stdin", stdin=b"eve-pw\n")
+    await asyncio.sleep(0.2)
+    # The id is free in the graph: take it for a group before any user node.
+    graph.delete(f"user/{name}")
+    assert graph.put("group", name)[0] == 201
+    channel = channel_with(graph, (name, "MEMBER_OF"))
+    eve = await connect(graph.proc, graph.proc.token(name, "eve-pw"))
+    reply = await eve.request({"type": "subscribe", "channel": channel})
+    assert reply["code"] == 4003 and reply["message"] == f"no user node {name}"
+    await eve.close()
+
+
+async def test_a_grant_made_during_a_check_is_not_hidden_by_a_stale_verdict(
+    graph: Graph,
+) -> None:
+    channel = channel_with(graph)
+    alice = await user_client(graph.proc, "alice")
+
+    async def keep_trying() -> dict[str, Any]:
+        while True:
+            reply = await alice.request({"type": "subscribe", "channel": channel})
+            if reply["type"] == "subscribe_success":
+                return reply
+            await asyncio.sleep(0.01)
+
+    trying = asyncio.create_task(keep_trying())
+    await asyncio.sleep(0.1)
+    assert (await asyncio.to_thread(graph.relate, "alice", channel, "MEMBER_OF"))[0] == 201
+    granted_at = time.monotonic()
+    await asyncio.wait_for(trying, 5)
+    assert time.monotonic() - granted_at < 2  # not the 30 s cache lifetime
+    await alice.close()
+
+
+def test_unreadable_graph_bodies_get_400_without_a_traceback(graph: Graph) -> None:
+    json_type = {"Content-Type": "application/json"}
+    for raw in (b'{"properties": {"n": 1' + b"0" * 5000 + b"}}", b"[" * 100_000,
+                b'{"properties": {"s": "\xff\xfe"}}'):
+        status, body, _ = graph.proc.request(
+            "PUT", f"/api/graph/device/{uid('d')}", raw=raw, headers=json_type
+        )
+        assert status == 400, (status, body)
+    status, body = graph.put("device", uid("d"), {"s": "\ud800"})
+    assert status == 422
+    assert "Traceback" not in graph.proc.log_text()
+
+
+def test_paging_cursor_is_checked_like_an_id(graph: Graph) -> None:
+    status, _ = graph.get("user", "alice", "?after=" + "z" * 6000)
+    assert status == 422
+
+
+def test_quotes_never_reach_a_database_that_splices_parameters(graph: Graph) -> None:
+    hostile = "x' MATCH (n) DETACH DELETE n //"
+    status, _ = graph.get("device", hostile)
+    if graph.backend == "neo4j":  # FalkorDB's Bolt endpoint splices them
+        assert status == 422
+        assert graph.put("device", uid("d"), {"note": "it's"})[0] == 422
+    else:
+        assert status == 404
+    assert graph.get("user", "alice")[0] == 200  # the graph is intact

@@ -80,6 +80,15 @@ async def error_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
     """Turn every error into JSON ``{"detail": ...}``; never leak a traceback."""
+    if request.body_exists and request.content_type == "application/json":
+        try:
+            json.loads(await request.text())
+        except web.HTTPException as exc:  # 413: over the body size limit
+            return web.json_response({"detail": exc.reason}, status=exc.status)
+        except Exception:
+            # Not JSON, nested past the recursion limit, a number too long
+            # for Python, a bad charset or encoding: the client's doing.
+            return web.json_response({"detail": "body is not valid JSON"}, status=400)
     try:
         return await handler(request)
     except ConnectionError:

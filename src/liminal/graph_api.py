@@ -47,6 +47,7 @@ from .store import (
     Node,
     NodeTypeConflict,
     Relationship,
+    UnsafeValue,
     check_node_id,
     check_node_type,
     check_properties,
@@ -114,6 +115,7 @@ Limit = Annotated[
 ]
 After = Annotated[
     str | None,
+    AfterValidator(lambda value: value if value is None else check_node_id(value)),
     Field(description="relationship id to continue after: next_after of the last page"),
 ]
 
@@ -207,6 +209,8 @@ def _store_errors() -> Iterator[None]:
         raise http_error(web.HTTPConflict, str(exc)) from None
     except MissingNode as exc:
         raise http_error(web.HTTPNotFound, str(exc)) from None
+    except UnsafeValue as exc:
+        raise http_error(web.HTTPUnprocessableEntity, str(exc)) from None
 
 
 async def _notify(server: Server, changes: list[GraphChange]) -> None:

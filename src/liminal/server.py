@@ -10,8 +10,8 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web

@@ -42,6 +42,7 @@ __all__ = [
     "Properties",
     "PropertyValue",
     "Relationship",
+    "UnsafeValue",
     "check_node",
     "check_node_id",
     "check_node_type",
@@ -146,6 +147,10 @@ class NodeTypeConflict(LiminalError):
         self.existing_type = existing_type
 
 
+class UnsafeValue(LiminalError):
+    """A value this database cannot be trusted to keep out of query text."""
+
+
 class MissingNode(LiminalError):
     """A relationship names a node that does not exist."""
 
@@ -225,7 +230,13 @@ def _scalar_problem(value: object) -> str | None:
         return None if math.isfinite(value) else "numbers must be finite"
     if isinstance(value, str):
         # FalkorDB cuts a string at its first NUL; refusing it keeps stores equal.
-        return "strings must not contain NUL characters" if "\x00" in value else None
+        if "\x00" in value:
+            return "strings must not contain NUL characters"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "strings must be valid Unicode (no lone surrogates)"
+        return None
     return (
         "values are strings, numbers, booleans or lists of those, not objects or null"
     )

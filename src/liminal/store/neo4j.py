@@ -37,6 +37,7 @@ from . import (
     NodeTypeConflict,
     Properties,
     Relationship,
+    UnsafeValue,
 )
 
 __all__ = ["BASE_LABEL", "Neo4jStore"]
@@ -123,6 +124,44 @@ async def _records(
     return [record async for record in result]
 
 
+_PROBE = "probe ' \\ end"
+
+
+def _unsafe(value: object) -> bool:
+    if isinstance(value, str):
+        return "'" in value or "\\" in value
+    if isinstance(value, dict):
+        return any(_unsafe(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_unsafe(item) for item in value)
+    return False
+
+
+class _GuardedTransaction:
+    """Refuses parameters that a splicing server would turn into query text."""
+
+    def __init__(self, tx: AsyncManagedTransaction) -> None:
+        self._tx = tx
+
+    async def run(
+        self, query: str, parameters: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        if _unsafe(parameters or {}) or _unsafe(kwargs):
+            raise UnsafeValue(
+                "this graph database cannot safely store ' or \\ in ids or values"
+            )
+        return await self._tx.run(query, parameters, **kwargs)
+
+
+def _guarded(
+    work: Callable[[AsyncManagedTransaction], Awaitable[T]],
+) -> Callable[[AsyncManagedTransaction], Awaitable[T]]:
+    async def guarded(tx: AsyncManagedTransaction) -> T:
+        return await work(_GuardedTransaction(tx))  # type: ignore[arg-type]
+
+    return guarded
+
+
 async def _types_of(
     tx: AsyncManagedTransaction, node_ids: Sequence[str]
 ) -> dict[str, str]:
@@ -155,6 +194,7 @@ class Neo4jStore(GraphStore):
         self._auth = (user, password or "") if user else None
         self._driver: AsyncDriver | None = None
         self._schema_ready = False
+        self._splices_parameters = False
 
     async def start(self) -> None:
         try:
@@ -194,7 +234,29 @@ class Neo4jStore(GraphStore):
             except Neo4jError as exc:
                 # Usually: it exists already. Lookups by id are slow without it.
                 logger.info("index on node ids not created: %s", exc.code)
+        self._splices_parameters = await self._parameters_spliced()
+        if self._splices_parameters:
+            logger.warning(
+                "this graph database splices parameters into query text; "
+                "refusing ' and \\ in values to keep them from becoming queries"
+            )
         self._schema_ready = True
+
+    async def _parameters_spliced(self) -> bool:
+        """Whether the server pastes parameter values into the query text.
+
+        Neo4j keeps parameters apart from the query; FalkorDB's Bolt endpoint
+        does not, so a quote in a value could end the string and run Cypher.
+        """
+
+        async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
+            return await _records(tx, "RETURN $probe AS probe", probe=_PROBE)
+
+        try:
+            records = await self._execute(work, write=False, schema=True)
+        except Neo4jError:
+            return True
+        return not records or records[0]["probe"] != _PROBE
 
     async def _run(
         self, query: str, *, schema: bool = False, **parameters: Any
@@ -222,6 +284,8 @@ class Neo4jStore(GraphStore):
             raise RuntimeError("the store is not started")
         if not schema:
             await self._ensure_schema()
+        if self._splices_parameters:
+            work = _guarded(work)
         try:
             async with self._driver.session() as session:
                 if write:
