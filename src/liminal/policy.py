@@ -52,6 +52,7 @@ GROUP_MEMBERSHIP = "MEMBER_OF"
 # Neo4j).
 VERDICT_TTL_SECONDS = 30.0
 MAX_CACHED_VERDICTS = 256
+MAX_DECISION_ATTEMPTS = 5
 _FEED_PATTERN = re.compile(r"graph:([a-z][a-z0-9_]{0,63}):(.+)")
 
 
@@ -113,13 +114,17 @@ class ChannelPolicy:
         if cached is not None and cached[0] == self._generation and cached[1] > now:
             cached_verdict: Denial | None = cached[2]
             return cached_verdict
-        while True:
+        for _ in range(MAX_DECISION_ATTEMPTS):
             # A graph write during the reads makes their verdict stale: decide
             # again, so a verdict is only ever kept for the graph it saw.
             generation = self._generation
             verdict = await self.decide(conn.username, conn.is_admin, channel, access)
             if generation == self._generation:
                 break
+        else:
+            # Writes keep landing mid-check: refuse for now rather than trust
+            # a verdict that may already be stale; nothing is cached.
+            return Denial(ErrorCode.INTERNAL, "the graph is changing; try again")
         if verdict is None or verdict.code != ErrorCode.INTERNAL:
             # A failed check is not remembered: the next one asks the store.
             if len(conn.verdicts) >= MAX_CACHED_VERDICTS:
