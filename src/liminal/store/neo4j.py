@@ -424,22 +424,26 @@ class Neo4jStore(GraphStore):
         records = await self._execute(work, write=True)
         return _relationship(records[0]) if records else None
 
-    async def _has_relationship(
-        self, source_id: str, target_id: str, types: list[str]
-    ) -> bool:
+    async def _found(self, query: str, **parameters: Any) -> bool:
+        """Whether a read query returning ``count(...) AS found`` found any."""
+
         async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
-            return await _records(
-                tx,
-                f"MATCH (:{BASE_LABEL} {{id: $source_id}})-[r]->"
-                f"(:{BASE_LABEL} {{id: $target_id}})"
-                " WHERE type(r) IN $types RETURN count(r) AS found",
-                source_id=source_id,
-                target_id=target_id,
-                types=types,
-            )
+            return await _records(tx, query, **parameters)
 
         records = await self._execute(work, write=False)
         return bool(records and records[0]["found"])
+
+    async def _has_relationship(
+        self, source_id: str, target_id: str, types: list[str]
+    ) -> bool:
+        return await self._found(
+            f"MATCH (:{BASE_LABEL} {{id: $source_id}})-[r]->"
+            f"(:{BASE_LABEL} {{id: $target_id}})"
+            " WHERE type(r) IN $types RETURN count(r) AS found",
+            source_id=source_id,
+            target_id=target_id,
+            types=types,
+        )
 
     async def _has_relationship_via(
         self,
@@ -449,22 +453,17 @@ class Neo4jStore(GraphStore):
         target_id: str,
         types: list[str],
     ) -> bool:
-        async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
-            return await _records(
-                tx,
-                f"MATCH (:{BASE_LABEL} {{id: $source_id}})-[m]->"
-                f"(:{BASE_LABEL}:{_label(via_node_type)})-[r]->"
-                f"(:{BASE_LABEL} {{id: $target_id}})"
-                " WHERE type(m) IN $via_types AND type(r) IN $types"
-                " RETURN count(r) AS found",
-                source_id=source_id,
-                target_id=target_id,
-                via_types=via_types,
-                types=types,
-            )
-
-        records = await self._execute(work, write=False)
-        return bool(records and records[0]["found"])
+        return await self._found(
+            f"MATCH (:{BASE_LABEL} {{id: $source_id}})-[m]->"
+            f"(:{BASE_LABEL}:{_label(via_node_type)})-[r]->"
+            f"(:{BASE_LABEL} {{id: $target_id}})"
+            " WHERE type(m) IN $via_types AND type(r) IN $types"
+            " RETURN count(r) AS found",
+            source_id=source_id,
+            target_id=target_id,
+            via_types=via_types,
+            types=types,
+        )
 
     async def _nodes_page(self, offset: int, limit: int) -> list[Node]:
         async def work(tx: AsyncManagedTransaction) -> list[neo4j.Record]:
