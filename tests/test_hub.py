@@ -64,7 +64,7 @@ def make_hub(**limits: Any) -> Hub:
                max_connections_per_ip=limits.get("per_ip", 10))
 
 
-def test_register_enforces_both_caps_and_frees_slots() -> None:
+async def test_register_enforces_both_caps_and_frees_slots() -> None:
     hub = make_hub(total=3, per_ip=2)
     a, b, c, d = (make_conn(n, ip)[0] for n, ip in
                   [("a", "1.1.1.1"), ("b", "1.1.1.1"), ("c", "1.1.1.1"), ("d", "2.2.2.2")])
@@ -80,7 +80,7 @@ def test_register_enforces_both_caps_and_frees_slots() -> None:
                            "channel_subscriptions": {}}
 
 
-def test_deliver_writes_the_same_bytes_to_every_subscriber() -> None:
+async def test_deliver_writes_the_same_bytes_to_every_subscriber() -> None:
     hub = make_hub()
     conns = [make_conn(f"c{i}") for i in range(3)]
     for conn, _, _ in conns:
@@ -107,7 +107,7 @@ class RecordingBroker(MemoryBroker):
         self.published.append((channel, frame))
 
 
-def test_publish_delivers_locally_and_hands_the_frame_to_the_broker() -> None:
+async def test_publish_delivers_locally_and_hands_the_frame_to_the_broker() -> None:
     broker = RecordingBroker()
     hub = Hub(Metrics(), broker=broker, max_connections=10, max_connections_per_ip=10)
     conn, transport, _ = make_conn("a")
@@ -118,7 +118,7 @@ def test_publish_delivers_locally_and_hands_the_frame_to_the_broker() -> None:
     assert broker.published == [("room", b"frame")]
 
 
-def test_unsubscribe_and_unregister_forget_empty_channels() -> None:
+async def test_unsubscribe_and_unregister_forget_empty_channels() -> None:
     broker = RecordingBroker()
     hub = Hub(Metrics(), broker=broker, max_connections=10, max_connections_per_ip=10)
     a, _, _ = make_conn("a")
@@ -176,7 +176,7 @@ async def test_disconnect_is_idempotent(code: CloseCode) -> None:
     assert hub.subscription_count == 0 and hub.connection_count == 0
 
 
-def test_a_vanished_peer_is_skipped_and_removed_during_fan_out() -> None:
+async def test_a_vanished_peer_is_skipped_and_removed_during_fan_out() -> None:
     hub = make_hub()
     gone, gone_transport, _ = make_conn("gone")
     alive, alive_transport, _ = make_conn("alive")
@@ -196,3 +196,29 @@ async def test_a_connection_removed_by_the_server_cannot_subscribe_again() -> No
     hub.disconnect(conn, CloseCode.SLOW_CONSUMER, "slow")
     assert not hub.subscribe(conn, "late")
     assert hub.stats()["channel_subscriptions"] == {} and hub.subscription_count == 0
+
+
+async def test_fan_outs_in_one_loop_pass_are_written_together_in_order() -> None:
+    hub = make_hub()
+    conn, transport, _ = make_conn("a", queued=10_000)
+    hub.register(conn)
+    hub.subscribe(conn, "room")
+    for n in range(4):
+        hub.deliver("room", b"frame-%d;" % n)
+    # The first fan-out of the pass is written at once, the rest gathered.
+    assert transport.written == [b"frame-0;"]
+    await asyncio.sleep(0)
+    assert transport.written == [b"frame-0;", b"frame-1;frame-2;frame-3;"]
+
+
+async def test_gathered_frames_count_against_the_queue_bound() -> None:
+    hub = make_hub()
+    conn, transport, socket = make_conn("a", queued=25)
+    hub.register(conn)
+    hub.subscribe(conn, "room")
+    for n in range(4):
+        hub.deliver("room", b"0123456789")
+    await conn.wait_closed()
+    assert socket.closed_with == CloseCode.SLOW_CONSUMER
+    await asyncio.sleep(0)
+    assert transport.written == [b"0123456789"]  # nothing gathered is written

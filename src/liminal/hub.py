@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from .broker import Broker
 from .broker.memory import MemoryBroker
-from .connection import Connection
+from .connection import Connection, coalescer
 from .metrics import Metrics
 from .protocol import CloseCode
 
@@ -166,6 +166,7 @@ class Hub:
         entry = self._channels.get(channel)
         if entry is None:
             return 0
+        coalescer.begin()
         delivered = 0
         for conn in entry.subscribers():
             if conn.send(frame):
