@@ -62,12 +62,13 @@ coalescer = WriteCoalescer()
 class Connection:
     """An authenticated WebSocket and everything the hub tracks about it.
 
-    Outgoing frames are written straight to the socket's transport; the
-    transport's write buffer is the connection's outbound queue, drained by the
-    event loop whenever the socket is writable. It is bounded in bytes: a frame
-    that would take it past ``max_queued_bytes`` is not written and the
-    connection is closed with 4008 instead, so a client that stops reading
-    costs at most that much memory and never delays anyone else.
+    Outgoing frames go to the socket's transport, at once or gathered with the
+    others of the same loop pass (see :class:`WriteCoalescer`); the transport's
+    write buffer is the connection's outbound queue, drained by the event loop
+    whenever the socket is writable. It is bounded in bytes, gathered frames
+    included: a frame that would take it past ``max_queued_bytes`` is not
+    queued and the connection is closed with 4008 instead, so a client that
+    stops reading costs at most that much memory and never delays anyone else.
 
     Args:
         conn_id: unique id of this connection, sent to the client.
@@ -94,7 +95,6 @@ class Connection:
         "is_admin",
         "issued_at",
         "rates",
-        "user",
         "username",
         "verdicts",
     )
@@ -111,7 +111,6 @@ class Connection:
         issued_at: float = 0.0,
     ) -> None:
         self.conn_id = conn_id
-        self.user = user
         self.username = user.name
         self.is_admin = user.is_admin
         self.ip = ip

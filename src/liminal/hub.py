@@ -70,7 +70,6 @@ class Hub:
         self._connections: dict[str, Connection] = {}
         self._per_ip: Counter[str] = Counter()
         self._channels: dict[str, _Channel] = {}
-        self._subscription_count = 0
         metrics.bind_hub(self)
 
     # Admission.
@@ -119,7 +118,7 @@ class Hub:
 
     @property
     def subscription_count(self) -> int:
-        return self._subscription_count
+        return sum(len(entry.members) for entry in self._channels.values())
 
     # Subscriptions.
 
@@ -134,7 +133,6 @@ class Hub:
         entry.members.add(conn)
         entry.snapshot = None
         conn.channels.add(channel)
-        self._subscription_count += 1
         return True
 
     def unsubscribe(self, conn: Connection, channel: str) -> bool:
@@ -145,15 +143,11 @@ class Hub:
         entry = self._channels[channel]
         entry.members.discard(conn)
         entry.snapshot = None
-        self._subscription_count -= 1
         if not entry.members:
             # Empty channels are forgotten, so the map cannot grow with churn.
             del self._channels[channel]
             self.broker.channel_removed(channel)
         return True
-
-    def local_channels(self) -> list[str]:
-        return list(self._channels)
 
     # Fan-out.
 

@@ -27,10 +27,6 @@ ControlHandler = Callable[[bytes], object]
 class Broker(Protocol):
     """What the hub needs from cross-instance fan-out."""
 
-    @property
-    def up(self) -> bool:
-        """Whether messages currently reach the other instances."""
-
     async def start(
         self,
         deliver: Deliver,

@@ -12,10 +12,6 @@ __all__ = ["MemoryBroker"]
 class MemoryBroker:
     """Broker of a single instance: the hub's local delivery is all there is."""
 
-    @property
-    def up(self) -> bool:
-        return True
-
     async def start(
         self,
         deliver: Deliver,

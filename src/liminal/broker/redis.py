@@ -91,10 +91,6 @@ class RedisBroker:
         self._on_resumed: Callable[[], object] = lambda: None
         metrics.broker_up.set(0)
 
-    @property
-    def up(self) -> bool:
-        return self._up
-
     async def start(
         self,
         deliver: Deliver,

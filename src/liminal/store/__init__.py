@@ -280,8 +280,6 @@ class GraphStore(abc.ABC):
     once it is back.
     """
 
-    backend: str
-
     async def start(self) -> None:
         """Connect and create or migrate the schema.
 

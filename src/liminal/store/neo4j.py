@@ -187,7 +187,6 @@ class Neo4jStore(GraphStore):
         password: the user's password.
     """
 
-    backend = "neo4j"
 
     def __init__(self, url: str, user: str | None, password: str | None) -> None:
         self._url = url

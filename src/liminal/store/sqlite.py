@@ -103,7 +103,6 @@ class SqliteStore(GraphStore):
         path: the database file (created if missing).
     """
 
-    backend = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self._path = path
