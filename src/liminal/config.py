@@ -19,13 +19,13 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
+from .logs import redact_parameters
 
 __all__ = ["Settings", "load_jwt_secret", "make_private_dir", "mask_url"]
 
 MIN_SECRET_BYTES = 32
 SECRET_FILE = "jwt-secret"
 
-_QUERY_PASSWORD = re.compile(r"([?&](?:password|pass|auth)=)[^&]*", re.I)
 _RELATIONSHIP_TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -236,7 +236,7 @@ def mask_url(url: str) -> str:
     Both ``scheme://user:password@host`` and a ``password=`` query parameter
     are masked.
     """
-    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    url = redact_parameters(url, "***")
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest.partition("?")[0]:
         return url

@@ -6,24 +6,33 @@ import logging
 import re
 import sys
 
-__all__ = ["configure", "redact"]
+__all__ = ["SECRET_PARAMETERS", "configure", "redact", "redact_parameters"]
 
 # Keys passed through ``extra=`` that are worth printing, in this order.
 CONTEXT_KEYS = ("instance", "conn_id", "user", "ip", "channel", "code", "reason")
 
-# Last line of defence, applied to every formatted line (libraries' too, such
-# as a malformed request line echoed by aiohttp): anything shaped like a JWT,
-# and the values of token or password parameters.
+# Names of query or form parameters whose values are never logged: the access
+# log, URL masking and the last-line-of-defence redaction below all use them.
+SECRET_PARAMETERS = frozenset(
+    {"token", "access_token", "password", "passwd", "pass", "secret", "auth"}
+)
+
+# Applied to every formatted line (libraries' too, such as a malformed request
+# line echoed by aiohttp): anything shaped like a JWT, and secret parameters.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _SECRET_PARAMETER = re.compile(
-    r"((?:token|access_token|password|passwd|secret)(?:=|%3D))[^&\s\"']+", re.I
+    r"((?:%s)(?:=|%%3D))[^&\s\"']+" % "|".join(sorted(SECRET_PARAMETERS)), re.I
 )
 
 
+def redact_parameters(text: str, placeholder: str = "<redacted>") -> str:
+    """``text`` with the values of secret parameters replaced."""
+    return _SECRET_PARAMETER.sub(lambda match: match.group(1) + placeholder, text)
+
+
 def redact(text: str) -> str:
-    """``text`` with tokens and password parameters replaced."""
-    text = _JWT.sub("<redacted-token>", text)
-    return _SECRET_PARAMETER.sub(r"\1<redacted>", text)
+    """``text`` with tokens and secret parameters replaced."""
+    return redact_parameters(_JWT.sub("<redacted-token>", text))
 
 
 class ContextFormatter(logging.Formatter):

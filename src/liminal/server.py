@@ -25,6 +25,7 @@ from .config import Settings, load_jwt_secret
 from .graph_events import change_from_message, change_message, feed_frames
 from .hub import Hub
 from .limits import LoginGuard, client_ip
+from .logs import SECRET_PARAMETERS
 from .metrics import Metrics
 from .policy import ChannelPolicy
 from .protocol import CloseCode
@@ -192,9 +193,6 @@ class Server:
         self.accounts.close()
 
 
-_SENSITIVE_PARAMETERS = {"token", "access_token", "password", "passwd", "secret"}
-
-
 def loggable_path(request: BaseRequest) -> str:
     """The request's path and query, with secret parameters' values replaced.
 
@@ -204,7 +202,7 @@ def loggable_path(request: BaseRequest) -> str:
     if not url.query:
         return url.raw_path
     query = [
-        (key, "<redacted>" if key.lower() in _SENSITIVE_PARAMETERS else value)
+        (key, "<redacted>" if key.lower() in SECRET_PARAMETERS else value)
         for key, value in url.query.items()
     ]
     return f"{url.raw_path}?{urlencode(query, safe='<>')}"
