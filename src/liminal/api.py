@@ -165,16 +165,16 @@ class LiminalView(PydanticView):
     async def on_validation_error(
         self, exception: ValidationError, context: CONTEXT
     ) -> web.StreamResponse:
-        errors = exception.errors(include_url=False, include_context=False)
-        detail = [
-            {
-                "loc": [context, *error["loc"]],
-                "msg": error["msg"],
-                "type": error["type"],
-            }
-            for error in errors
-        ]
-        return web.json_response({"detail": detail}, status=422)
+        return validation_error(exception, context)
+
+
+def validation_error(exception: ValidationError, context: str) -> web.Response:
+    """422 ``{"detail": [{"loc", "msg", "type"}, ...]}`` naming each bad field."""
+    detail = [
+        {"loc": [context, *error["loc"]], "msg": error["msg"], "type": error["type"]}
+        for error in exception.errors(include_url=False, include_context=False)
+    ]
+    return web.json_response({"detail": detail}, status=422)
 
 
 class TokenView(LiminalView):
@@ -236,12 +236,7 @@ async def _read_credentials(request: web.Request) -> TokenRequest | web.StreamRe
     try:
         return TokenRequest.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
-        detail = [
-            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in errors
-        ]
-        return web.json_response({"detail": detail}, status=422)
+        return validation_error(exc, "body")
 
 
 class StatsView(LiminalView):

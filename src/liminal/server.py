@@ -22,12 +22,13 @@ from .accounts import Accounts, User, UserDirectory
 from .auth import TokenIssuer
 from .broker import open_broker
 from .config import Settings, load_jwt_secret
+from .connection import Connection
 from .graph_events import change_from_message, change_message, feed_frames
 from .hub import Hub
 from .limits import LoginGuard, client_ip
 from .logs import SECRET_PARAMETERS
 from .metrics import Metrics
-from .policy import ChannelPolicy
+from .policy import ChannelPolicy, Denial
 from .protocol import CloseCode
 from .store import GraphChange, GraphStore, ensure_nodes_soon, open_store
 
@@ -56,6 +57,7 @@ class Server:
     login_guard: LoginGuard = field(init=False)
     policy: ChannelPolicy = field(init=False)
     _user_nodes: asyncio.Task[None] | None = field(default=None, init=False)
+    _background: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self.users = UserDirectory(self.accounts, self._on_users_changed)
@@ -64,7 +66,6 @@ class Server:
         )
         self.policy = ChannelPolicy(self.settings, self.store, self.metrics)
         self.graph_listeners.append(self._on_graph_change)
-        self._background: set[asyncio.Task[None]] = set()
 
     def client_ip(self, request: web.BaseRequest) -> str:
         """The client address the limits count (see :func:`limits.client_ip`)."""
@@ -123,17 +124,15 @@ class Server:
         self.hub.broker.publish_control(change_message(change))
         await self.apply_graph_change(change)
 
-    async def apply_graph_change(self, change: GraphChange | None) -> None:
-        """Forget cached permissions and revoke subscriptions ``change`` ended.
+    async def apply_graph_change(self, change: GraphChange) -> None:
+        """Forget cached permissions and revoke subscriptions ``change`` ended."""
+        self._revoke(await self.policy.revoked(self.hub.connections(), change))
 
-        ``None`` stands for changes that may have been missed: every
-        subscription the policy governs is checked again.
-        """
-        connections = self.hub.connections()
-        if change is None:
-            lost = await self.policy.recheck_all(connections)
-        else:
-            lost = await self.policy.revoked(connections, change)
+    async def recheck_subscriptions(self) -> None:
+        """Check every graph-governed subscription again (changes were missed)."""
+        self._revoke(await self.policy.recheck_all(self.hub.connections()))
+
+    def _revoke(self, lost: list[tuple[Connection, str, Denial]]) -> None:
         for conn, channel, denial in lost:
             if not self.hub.unsubscribe(conn, channel):
                 continue
@@ -164,7 +163,7 @@ class Server:
 
     def _on_broker_resumed(self) -> None:
         # Graph changes made elsewhere during the outage were not heard.
-        self._in_background(self.apply_graph_change(None))
+        self._in_background(self.recheck_subscriptions())
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

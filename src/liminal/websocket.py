@@ -35,6 +35,11 @@ __all__ = ["add_routes", "bearer_token"]
 
 logger = logging.getLogger(__name__)
 
+_CAP_REASONS = {
+    CloseCode.SERVER_FULL: "server full",
+    CloseCode.TOO_MANY_FROM_IP: "too many connections from this address",
+}
+
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket_endpoint)
@@ -113,20 +118,16 @@ async def websocket_endpoint(request: web.Request) -> web.StreamResponse:
     )
     refusal = server.hub.register(conn)
     if refusal is not None:
-        reason = (
-            "server full"
-            if refusal == CloseCode.SERVER_FULL
-            else ("too many connections from this address")
-        )
-        return await _refuse(server, ws, refusal, reason)
+        return await _refuse(server, ws, refusal, _CAP_REASONS[refusal])
 
     server.metrics.connections_accepted.inc()
     logger.info(
         "connection opened",
         extra={"conn_id": conn.conn_id, "user": user.name, "ip": conn.ip},
     )
-    expiry = asyncio.get_running_loop().call_at(
-        asyncio.get_running_loop().time() + claims.expires_at - time.time(),
+    loop = asyncio.get_running_loop()
+    expiry = loop.call_later(
+        claims.expires_at - time.time(),
         server.hub.disconnect,
         conn,
         CloseCode.TOKEN_EXPIRED,
@@ -306,17 +307,12 @@ def _reply(conn: Connection, event: ClientEvent, kind: str) -> None:
 async def _subscribe(server: Server, conn: Connection, event: ClientEvent) -> None:
     limit = server.settings.max_subscriptions_per_connection
     if event.channel not in conn.channels and len(conn.channels) >= limit:
-        _reject(
-            server,
-            conn,
-            ProtocolError(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"subscription limit of {limit} channels per connection reached",
-                event_id=event.id,
-                channel=event.channel,
-            ),
+        raise ProtocolError(
+            ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+            f"subscription limit of {limit} channels per connection reached",
+            event_id=event.id,
+            channel=event.channel,
         )
-        return
     await _authorize(server, conn, event, Access.READ)
     server.hub.subscribe(conn, event.channel)
     # With Redis, answer once other instances' messages reach us too (or

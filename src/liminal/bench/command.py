@@ -32,7 +32,8 @@ def _server_list(
     unknown = [name for name in names if name not in SERVER_NAMES]
     if unknown or not names:
         raise click.BadParameter(
-            f"choose from {', '.join(SERVER_NAMES)} (got {', '.join(unknown) or 'none'})"
+            f"choose from {', '.join(SERVER_NAMES)} "
+            f"(got {', '.join(unknown) or 'none'})"
         )
     return names
 
@@ -214,7 +215,8 @@ def _print_extras(console: Console, row: dict[str, Any]) -> None:
     if two is not None:
         scaling = f" ({two / one:.2f}× one instance)" if one else ""
         console.print(
-            f"{row['server']}, two instances through Redis: {two:,.0f} deliveries/s{scaling}"
+            f"{row['server']}, two instances through Redis: "
+            f"{two:,.0f} deliveries/s{scaling}"
         )
     for note in row.get("notes", []):
         console.print(f"[yellow]{row['server']}: {note}")
